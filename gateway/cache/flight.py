@@ -1,0 +1,95 @@
+"""Request coalescing: at most one call per key in flight, shared by every caller.
+
+Contract (after Go's singleflight):
+- `do(key, fn, keep)` runs `fn()` unless a call for `key` is already running, in which
+  case it awaits that call instead. Every caller gets the same value or exception, the
+  moment the call finishes (they await its task; nothing polls).
+- The call runs in its own task. A caller that is cancelled (its client went away) stops
+  waiting, but the call goes on for the others and still lands in the cache.
+- `keep(value)` runs inside the call's task, in the same step as the call's completion,
+  unless the key was `forget()`-ed meanwhile. So a forgotten call never writes back, and
+  there is no moment where the call has finished but its result is not yet stored.
+- `forget(key)` detaches the running call: callers already waiting still get its result
+  (they asked before the forget), later callers start a fresh call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Call(Generic[V]):
+    __slots__ = ("forgotten", "task")
+
+    def __init__(self) -> None:
+        # Set once, right after creation, before any other coroutine can see the call.
+        self.task: asyncio.Task[V]
+        # Set by forget() only; read by the call's own task before keep(). Both run on the
+        # loop thread, so the read sees every forget() that happened before completion.
+        self.forgotten = False
+
+
+class SingleFlight(Generic[K, V]):
+    def __init__(self) -> None:
+        # key -> the running, not forgotten call. An entry is removed by the call's own
+        # task when it finishes, or by forget().
+        self._calls: dict[K, _Call[V]] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def running(self, key: K) -> bool:
+        return key in self._calls
+
+    def keys(self) -> list[K]:
+        return list(self._calls)
+
+    async def do(
+        self, key: K, fn: Callable[[], Awaitable[V]], keep: Callable[[V], None]
+    ) -> tuple[V, bool]:
+        """(value, shared): shared is True when this caller joined a call already running."""
+        call = self._calls.get(key)
+        if call is not None:
+            return await asyncio.shield(call.task), True
+        call = _Call[V]()
+        call.task = asyncio.get_running_loop().create_task(self._run(key, call, fn, keep))
+        call.task.add_done_callback(_consume_exception)
+        self._calls[key] = call
+        return await asyncio.shield(call.task), False
+
+    def forget(self, key: K) -> bool:
+        call = self._calls.pop(key, None)
+        if call is None:
+            return False
+        call.forgotten = True
+        return True
+
+    def cancel_all(self) -> None:
+        """Shutdown: cancel every running call."""
+        for call in self._calls.values():
+            call.task.cancel()
+        self._calls.clear()
+
+    async def _run(
+        self, key: K, call: _Call[V], fn: Callable[[], Awaitable[V]], keep: Callable[[V], None]
+    ) -> V:
+        try:
+            value = await fn()
+            if not call.forgotten:
+                keep(value)
+            return value
+        finally:
+            if self._calls.get(key) is call:
+                del self._calls[key]
+
+
+def _consume_exception(task: asyncio.Task) -> None:
+    # Every waiter may have gone away; mark the exception retrieved so asyncio does not
+    # log "Task exception was never retrieved" for a failure someone else already saw.
+    if not task.cancelled():
+        task.exception()

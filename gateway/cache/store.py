@@ -1,0 +1,97 @@
+"""Byte-bounded LRU storage of cache entries.
+
+Single-threaded by design: every method runs on the event loop thread and never awaits,
+so no lock is needed and an entry is never seen half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+Key = tuple[str, Hashable]
+"""(kind, ident), e.g. ("lot", 1042). The kind labels metrics and bulk invalidation."""
+
+T = TypeVar("T")
+
+# Rough per-entry bookkeeping cost (key, dataclass, dict slot), counted against max_bytes
+# so that many tiny entries cannot exceed the bound either.
+ENTRY_OVERHEAD = 256
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """One upstream answer. `body` is immutable and served as-is on every hit."""
+
+    body: bytes
+    stored_at: float
+    expires_at: float
+    etag: str = ""
+    # Values computed from `body` at most once (parsed ids, ...); see derive().
+    _derived: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.etag:
+            self.etag = '"' + hashlib.blake2b(self.body, digest_size=12).hexdigest() + '"'
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + ENTRY_OVERHEAD
+
+    def fresh(self, now: float) -> bool:
+        return now < self.expires_at
+
+    def derive(self, name: str, compute: Callable[[bytes], T]) -> T:
+        """`compute(body)`, computed on first use and kept with the entry.
+
+        Derived values die with the entry, so invalidating the body invalidates them too.
+        """
+        try:
+            return self._derived[name]
+        except KeyError:
+            value = self._derived[name] = compute(self.body)
+            return value
+
+
+class LruStore:
+    """Entries by key, least recently used evicted first once `max_bytes` is exceeded.
+
+    Expired entries are kept (until evicted or replaced): whether one may be served is the
+    caller's decision, not the store's.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0  # sum of entry.size over _entries; updated with every change
+        self._entries: OrderedDict[Key, Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Key) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: Key, entry: Entry) -> None:
+        self.pop(key)
+        if entry.size > self.max_bytes:
+            return  # larger than the whole cache: served to its waiters, never stored
+        self._entries[key] = entry
+        self.bytes += entry.size
+        while self.bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= evicted.size
+
+    def pop(self, key: Key) -> Entry | None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry.size
+        return entry
+
+    def keys(self, kind: str | None = None) -> Iterator[Key]:
+        return iter([k for k in self._entries if kind is None or k[0] == kind])

@@ -1,0 +1,188 @@
+"""The cache core against a controllable fake upstream (no network): coalescing,
+generation-safe invalidation, errors not stored, TTL and the byte bound."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.cache import Cache, Result
+
+
+class FakeUpstream:
+    """fetch() blocks until release(); counts calls; can be told to fail."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.gate = asyncio.Event()
+        self.body = b"v1"
+        self.error: Exception | None = None
+
+    async def fetch(self) -> bytes:
+        self.calls += 1
+        body = self.body  # what the upstream held when the call started
+        await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return body
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def settle() -> None:
+    """Let every ready task run up to its next real wait."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def make_cache(**kw) -> Cache:
+    return Cache(ttl_s=kw.pop("ttl_s", 60), max_bytes=kw.pop("max_bytes", 10**6), **kw)
+
+
+async def test_concurrent_misses_share_one_fetch_and_all_get_it() -> None:
+    cache, up = make_cache(), FakeUpstream()
+    waiters = [asyncio.create_task(cache.get(("lot", 1), up.fetch)) for _ in range(100)]
+    await settle()
+    assert up.calls == 1
+    up.release()
+    lookups = await asyncio.gather(*waiters)
+    assert {lk.entry.body for lk in lookups} == {b"v1"}
+    results = sorted(lk.result for lk in lookups)
+    assert results.count(Result.MISS) == 1 and results.count(Result.COALESCED) == 99
+    hit = await cache.get(("lot", 1), up.fetch)
+    assert hit.result is Result.HIT and up.calls == 1
+
+
+async def test_fetch_in_flight_when_invalidated_does_not_write_back() -> None:
+    cache, up = make_cache(), FakeUpstream()
+    before = asyncio.create_task(cache.get(("lot", 1), up.fetch))
+    await settle()
+    up.body = b"v2"  # the upstream changes (a save) while the old read is in flight
+    cache.invalidate(("lot", 1))
+    after = asyncio.create_task(cache.get(("lot", 1), up.fetch))
+    await settle()
+    assert up.calls == 2, "a get after invalidate must not join the older fetch"
+    up.release()
+    assert (await before).entry.body == b"v1"  # it asked before the save: may see old data
+    assert (await after).entry.body == b"v2"
+    stored = await cache.get(("lot", 1), up.fetch)
+    assert stored.result is Result.HIT and stored.entry.body == b"v2"
+
+
+async def test_invalidated_fetch_finishing_last_does_not_overwrite_newer_value() -> None:
+    cache = make_cache()
+    old_gate, new_gate = asyncio.Event(), asyncio.Event()
+
+    async def old_fetch() -> bytes:
+        await old_gate.wait()
+        return b"old"
+
+    async def new_fetch() -> bytes:
+        await new_gate.wait()
+        return b"new"
+
+    old = asyncio.create_task(cache.get(("lot", 7), old_fetch))
+    await settle()
+    cache.invalidate(("lot", 7))
+    new = asyncio.create_task(cache.get(("lot", 7), new_fetch))
+    await settle()
+    new_gate.set()
+    await new
+    old_gate.set()  # the pre-invalidation fetch lands after the fresh one
+    await old
+    assert cache.peek(("lot", 7)).body == b"new"
+
+
+async def test_errors_reach_every_waiter_and_are_not_stored() -> None:
+    cache, up = make_cache(), FakeUpstream()
+    up.error = RuntimeError("upstream down")
+    waiters = [asyncio.create_task(cache.get(("lot", 1), up.fetch)) for _ in range(5)]
+    await settle()
+    up.release()
+    outcomes = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    assert cache.peek(("lot", 1)) is None
+    up.error = None
+    assert (await cache.get(("lot", 1), up.fetch)).result is Result.MISS
+    assert up.calls == 2
+
+
+async def test_cancelled_caller_does_not_cancel_the_shared_fetch() -> None:
+    cache, up = make_cache(), FakeUpstream()
+    first = asyncio.create_task(cache.get(("lot", 1), up.fetch))
+    await settle()
+    first.cancel()  # the only caller goes away (client disconnected)
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    second = asyncio.create_task(cache.get(("lot", 1), up.fetch))
+    await settle()
+    up.release()
+    assert (await second).result is Result.COALESCED
+    assert up.calls == 1
+    assert cache.peek(("lot", 1)).body == b"v1"
+
+
+async def test_entries_expire_after_ttl() -> None:
+    clock, up = Clock(), FakeUpstream()
+    up.release()
+    cache = make_cache(ttl_s=10, clock=clock)
+    await cache.get(("lot", 1), up.fetch)
+    clock.now += 9.9
+    assert (await cache.get(("lot", 1), up.fetch)).result is Result.HIT
+    clock.now += 0.2
+    assert (await cache.get(("lot", 1), up.fetch)).result is Result.MISS
+    assert up.calls == 2
+
+
+async def test_store_is_bounded_by_bytes_evicting_least_recently_used() -> None:
+    cache = make_cache(max_bytes=3 * (1000 + 256))
+
+    def body_of(n: int):
+        async def fetch() -> bytes:
+            return bytes([n]) * 1000
+
+        return fetch
+
+    for n in range(3):
+        await cache.get(("lot", n), body_of(n))
+    await cache.get(("lot", 0), body_of(0))  # touch 0: 1 is now least recently used
+    await cache.get(("lot", 3), body_of(3))
+    assert cache.store.bytes <= cache.store.max_bytes
+    assert len(cache.store) == 3
+    assert cache.peek(("lot", 1)) is None
+    assert all(cache.peek(("lot", n)) is not None for n in (0, 2, 3))
+
+
+async def test_invalidate_kind_drops_every_key_of_that_kind_only() -> None:
+    cache, up = make_cache(), FakeUpstream()
+    up.release()
+    await cache.get(("lot-list", ("a",)), up.fetch)
+    await cache.get(("lot-list", ("b",)), up.fetch)
+    await cache.get(("lot", 1), up.fetch)
+    cache.invalidate_kind("lot-list")
+    assert cache.peek(("lot-list", ("a",))) is None and cache.peek(("lot-list", ("b",))) is None
+    assert cache.peek(("lot", 1)) is not None
+
+
+async def test_etag_and_derived_values_follow_the_body() -> None:
+    cache, up = make_cache(), FakeUpstream()
+    up.release()
+    first = (await cache.get(("lot", 1), up.fetch)).entry
+    calls = []
+    assert first.derive("n", lambda b: calls.append(b) or len(b)) == 2
+    assert first.derive("n", lambda b: calls.append(b) or len(b)) == 2
+    assert len(calls) == 1
+    cache.invalidate(("lot", 1))
+    up.body = b"v22"
+    second = (await cache.get(("lot", 1), up.fetch)).entry
+    assert second.etag != first.etag and second.derive("n", len) == 3
