@@ -77,7 +77,7 @@ class Config:
         """A copy with some keys of some sections changed: replace(sandbox={"seed": 2})."""
         changed = {
             name: dataclasses.replace(getattr(self, name), **values)
-            if isinstance(values, dict)
+            if name in _SECTIONS
             else values
             for name, values in sections.items()
         }

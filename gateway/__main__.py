@@ -1,0 +1,63 @@
+"""Command line: `catalog-gateway serve` and `catalog-gateway sandbox`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from gateway.config import ConfigError, is_loopback, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="catalog-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", default="config.toml", help="TOML file (default: %(default)s)")
+    serve.add_argument("--host", help="bind address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    sandbox = sub.add_parser("sandbox", help="run the stand-in upstream alone")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8081)
+    sandbox.add_argument("--latency-ms", type=float, default=600.0)
+    sandbox.add_argument("--jitter-ms", type=float, default=100.0)
+    sandbox.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if args.command == "sandbox":
+        from gateway.upstream.sandbox import main_sandbox
+
+        main_sandbox(port=args.port, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms,
+                     seed=args.seed, host=args.host)
+        return 0
+
+    try:
+        config = load_config(args.config)
+        server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        if server:
+            config = config.replace(server=server)
+    except ConfigError as exc:
+        print(f"catalog-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not config.api_keys and not is_loopback(config.server.host):
+        print(
+            f"catalog-gateway: refusing to bind {config.server.host}: without GW_API_KEYS the "
+            "gateway only listens on a loopback address (127.0.0.1, ::1, localhost)",
+            file=sys.stderr,
+        )
+        return 2
+
+    from gateway.app import create_app
+
+    web.run_app(create_app(config), host=config.server.host, port=config.server.port,
+                access_log=None, shutdown_timeout=10.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

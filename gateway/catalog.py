@@ -1,0 +1,285 @@
+"""The domain: sellers, events (catalogs), lots, event pages.
+
+Every read goes through the cache; this module decides cache keys and how pages are
+assembled from cached upstream bodies. It never speaks HTTP to clients (the edges do) and
+never to the upstream except through UpstreamClient, inside a cache fetch.
+
+Event pages are not cached as a whole: a page is assembled on every request from the
+cached catalog and lot bodies (byte concatenation, well under a millisecond for 100 lots).
+So a page can never be staler than the lots it contains, and invalidating a lot needs no
+index of the pages that hold it; a page's ETag is derived from its parts' ETags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.cache import Cache, Key, Lookup, Result
+from gateway.errors import GatewayError, NotFound, UpstreamFailed
+from gateway.upstream.client import Params, UpstreamClient
+
+RESOURCES = ("Seller", "Catalog", "Lot")
+SELLER_PAGE = 100  # page size used to read the whole seller list for searching
+
+
+@dataclass(frozen=True, slots=True)
+class LotOutcome:
+    """One lot of a page: its cached body, or the error that kept it out."""
+
+    lot_id: int
+    lookup: Lookup | None = None
+    error: GatewayError | None = None
+
+    def error_json(self) -> dict[str, Any]:
+        assert self.error is not None
+        return {"lotId": self.lot_id, "status": self.error.status, "detail": self.error.detail}
+
+
+@dataclass(frozen=True)
+class Paging:
+    page: int
+    page_size: int
+    total_items: int
+
+    @property
+    def total_pages(self) -> int:
+        return math.ceil(self.total_items / self.page_size)
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "pageNumber": self.page,
+            "pageSize": self.page_size,
+            "totalPages": self.total_pages,
+            "totalItems": self.total_items,
+            "hasPreviousPage": self.page > 1,
+            "hasNextPage": self.page < self.total_pages,
+        }
+
+    def window(self, items: Sequence[Any]) -> Sequence[Any]:
+        start = (self.page - 1) * self.page_size
+        return items[start : start + self.page_size]
+
+
+def cache_header(lookups: Sequence[Lookup]) -> str:
+    """HIT only when every part came from the cache."""
+    return "HIT" if all(lk.result is Result.HIT for lk in lookups) else "MISS"
+
+
+@dataclass(frozen=True)
+class LotBatch:
+    """Lots in the order asked, each with its body or its error."""
+
+    lots: list[LotOutcome]
+    elapsed_s: float = 0.0
+
+    @property
+    def lookups(self) -> list[Lookup]:
+        return [o.lookup for o in self.lots if o.lookup is not None]
+
+    @property
+    def from_cache(self) -> int:
+        return sum(1 for lk in self.lookups if lk.result is Result.HIT)
+
+    def parts(self) -> tuple[bytes, bytes]:
+        items = b"[" + b",".join(lk.entry.body for lk in self.lookups) + b"]"
+        errors = json.dumps([o.error_json() for o in self.lots if o.error is not None])
+        return items, errors.encode()
+
+    def body(self) -> bytes:
+        items, errors = self.parts()
+        return b'{"items":' + items + b',"errors":' + errors + b"}"
+
+    @property
+    def cache(self) -> str:
+        return cache_header(self.lookups)
+
+    @property
+    def etag(self) -> str:
+        return _combined_etag([lk.entry.etag for lk in self.lookups], self.parts()[1])
+
+
+@dataclass(frozen=True)
+class EventPage(LotBatch):
+    """One page of an event's lots, in the catalog's lot order."""
+
+    catalog: Lookup = field(kw_only=True)
+    paging: Paging = field(kw_only=True)
+
+    def body(self) -> bytes:
+        items, errors = self.parts()
+        envelope = json.dumps(self.paging.envelope())[1:-1].encode()
+        return (
+            b'{"catalog":' + self.catalog.entry.body + b',"items":' + items
+            + b',"errors":' + errors + b"," + envelope + b"}"
+        )
+
+    @property
+    def cache(self) -> str:
+        return cache_header([self.catalog, *self.lookups])
+
+    @property
+    def etag(self) -> str:
+        tags = [self.catalog.entry.etag, *(lk.entry.etag for lk in self.lookups)]
+        return _combined_etag(tags, self.parts()[1] + repr(self.paging).encode())
+
+
+@dataclass(frozen=True)
+class View:
+    """A gateway-native JSON answer built from cached parts."""
+
+    payload: dict[str, Any]
+    cache: str
+
+
+class CatalogService:
+    def __init__(self, cache: Cache, upstream: UpstreamClient) -> None:
+        self._cache = cache
+        self._upstream = upstream
+
+    # --- single resources (drop-in mirror) ---------------------------------------------
+
+    async def resource(self, resource: str, ident: int) -> Lookup:
+        """GET /api/{resource}/{ident} through the cache."""
+        path, endpoint = f"/api/{resource}/{ident}", f"/api/{resource}/{{id}}"
+        key: Key = (resource.lower(), ident)
+
+        async def fetch() -> bytes:
+            try:
+                return await self._upstream.get(path, endpoint=endpoint)
+            except NotFound:
+                raise NotFound(f"{resource} {ident} does not exist") from None
+
+        return await self._cache.get(key, fetch)
+
+    async def lot(self, lot_id: int) -> Lookup:
+        return await self.resource("Lot", lot_id)
+
+    async def catalog(self, catalog_id: int) -> Lookup:
+        return await self.resource("Catalog", catalog_id)
+
+    async def seller(self, seller_id: int) -> Lookup:
+        return await self.resource("Seller", seller_id)
+
+    async def listing(self, resource: str, params: Params) -> Lookup:
+        """GET /api/{resource}?params through the cache (key: the sorted query)."""
+        query = tuple(sorted(params))
+        key: Key = (f"{resource.lower()}-list", query)
+        return await self._cache.get(
+            key, lambda: self._upstream.get(f"/api/{resource}", query, endpoint=f"/api/{resource}")
+        )
+
+    # --- gateway-native views -------------------------------------------------------------
+
+    async def lots(self, lot_ids: Sequence[int]) -> LotBatch:
+        """Every lot at once (bounded only by the upstream cap), in the order asked."""
+        start = time.perf_counter()
+        outcomes = await asyncio.gather(*(self._lot_outcome(i) for i in lot_ids))
+        return LotBatch(lots=list(outcomes), elapsed_s=time.perf_counter() - start)
+
+    async def event_page(self, catalog_id: int, page: int, page_size: int) -> EventPage:
+        """Two round trips when cold: the catalog (for its lot ids), then the page's lots."""
+        start = time.perf_counter()
+        catalog = await self.catalog(catalog_id)
+        lot_ids = catalog.entry.derive("lot_ids", _catalog_lot_ids)
+        paging = Paging(page, page_size, len(lot_ids))
+        outcomes = await asyncio.gather(*(self._lot_outcome(i) for i in paging.window(lot_ids)))
+        return EventPage(
+            lots=list(outcomes), elapsed_s=time.perf_counter() - start,
+            catalog=catalog, paging=paging,
+        )
+
+    async def sellers(self, q: str, page: int, page_size: int) -> View:
+        """Sellers whose name contains `q` (any case) or whose display id starts with it.
+
+        The upstream cannot search by name, so the whole seller list is read (cached, in
+        pages of SELLER_PAGE fetched at once) and filtered here.
+        """
+        first = await self.listing("Seller", _seller_page_params(1))
+        lookups = [first]
+        total_pages = int(first.entry.derive("json", _json).get("totalPages") or 1)
+        lookups += await asyncio.gather(
+            *(self.listing("Seller", _seller_page_params(n)) for n in range(2, total_pages + 1))
+        )
+        sellers = [s for lk in lookups for s in lk.entry.derive("json", _json).get("items", [])]
+        needle = q.strip().lower()
+        if needle:
+            sellers = [
+                s for s in sellers
+                if needle in str(s.get("name") or "").lower()
+                or str(s.get("customerDisplayId", "")).startswith(needle)
+            ]
+        paging = Paging(page, page_size, len(sellers))
+        return View({"items": list(paging.window(sellers)), **paging.envelope()},
+                    cache_header(lookups))
+
+    async def seller_events(
+        self, seller_id: int, include_past: bool, page: int, page_size: int
+    ) -> View:
+        """A seller's events: upcoming soonest first, then (if asked) past, latest first."""
+        seller = await self.seller(seller_id)
+        catalogs = seller.entry.derive("json", _json).get("catalogs") or []
+        now = datetime.now(UTC)
+        upcoming = sorted((c for c in catalogs if not _is_past(c, now)), key=_start)
+        past = sorted((c for c in catalogs if _is_past(c, now)), key=_start, reverse=True)
+        events = upcoming + past if include_past else upcoming
+        paging = Paging(page, page_size, len(events))
+        payload = {"seller": {k: v for k, v in seller.entry.derive("json", _json).items()
+                              if k != "catalogs"},
+                   "items": list(paging.window(events)), **paging.envelope()}
+        return View(payload, seller.result.header)
+
+    async def _lot_outcome(self, lot_id: int) -> LotOutcome:
+        try:
+            return LotOutcome(lot_id, lookup=await self.lot(lot_id))
+        except GatewayError as exc:
+            return LotOutcome(lot_id, error=exc)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise UpstreamFailed("upstream answered something that is not JSON") from None
+
+
+def _catalog_lot_ids(body: bytes) -> list[int]:
+    try:
+        return [int(lot["id"]) for lot in _json(body).get("lots") or []]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise UpstreamFailed("upstream catalog has no readable lot list") from None
+
+
+def _seller_page_params(n: int) -> Params:
+    return (("PageNumber", str(n)), ("PageSize", str(SELLER_PAGE)))
+
+
+def _when(text: Any) -> datetime:
+    try:
+        when = datetime.fromisoformat(str(text))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _start(catalog: dict[str, Any]) -> datetime:
+    return _when(catalog.get("startDate"))
+
+
+def _is_past(catalog: dict[str, Any], now: datetime) -> bool:
+    return bool(catalog.get("isCompleted")) or _when(catalog.get("endDate")) < now
+
+
+def _combined_etag(tags: Sequence[str], extra: bytes) -> str:
+    digest = hashlib.blake2b(digest_size=12)
+    for tag in tags:
+        digest.update(tag.encode())
+    digest.update(extra)
+    return '"' + digest.hexdigest() + '"'

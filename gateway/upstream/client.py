@@ -1,0 +1,149 @@
+"""The only code that speaks to the ABConnect Catalog API.
+
+One pooled aiohttp session; a global cap on requests in flight; a bearer token from the
+TokenProvider (one re-auth and one retry on a 401); a timeout per attempt; GETs retried
+with jittered exponential backoff on connection errors, timeouts and 502/503/504.
+
+Answers come back as body bytes: the gateway relays upstream JSON, it does not re-model it.
+Failures come back as the GatewayError the client of the gateway should see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+
+import aiohttp
+
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    NotFound,
+    UpstreamFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.metrics import Metrics
+from gateway.upstream.identity import TokenProvider
+
+Params = Sequence[tuple[str, str]]
+
+_RETRYABLE_STATUS = {502, 503, 504}
+_BACKOFF_BASE_S = 0.05
+_BACKOFF_CAP_S = 2.0
+
+
+class UpstreamClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        tokens: TokenProvider,
+        *,
+        metrics: Metrics,
+        max_concurrency: int,
+        timeout_s: float,
+        retries: int,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._tokens = tokens
+        self._metrics = metrics
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
+        self._retries = retries
+        # Held for the duration of one HTTP attempt (not during backoff or token calls):
+        # the number of requests the upstream sees at once never exceeds max_concurrency.
+        self._slots = asyncio.Semaphore(max_concurrency)
+
+    async def get(self, path: str, params: Params = (), *, endpoint: str) -> bytes:
+        """GET `path`; the 200 body. `endpoint` is the path template, for metrics."""
+        return await self._call("GET", path, params, None, endpoint, self._retries)
+
+    async def put_json(self, path: str, body: bytes, *, endpoint: str) -> bytes:
+        """PUT a JSON body; the 2xx answer's body. A write is never retried here."""
+        return await self._call("PUT", path, (), body, endpoint, 0)
+
+    async def _call(
+        self, method: str, path: str, params: Params, body: bytes | None, endpoint: str,
+        retries: int,
+    ) -> bytes:
+        reauthenticated = False
+        attempt = 0
+        while True:
+            token = await self._tokens.token()
+            try:
+                status, data = await self._attempt(method, path, params, body, endpoint, token)
+            except TimeoutError:
+                failure: GatewayError = UpstreamTimeout(
+                    f"upstream did not answer {method} {endpoint} within {self._timeout_s:g} s"
+                )
+            except aiohttp.ClientError as exc:
+                failure = UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}")
+            else:
+                if status == 401 and not reauthenticated:
+                    # The token lapsed or was revoked: one re-auth, one retry, not counted
+                    # as a retry. Concurrent 401s for the same token share the re-auth.
+                    self._tokens.invalidate(token)
+                    reauthenticated = True
+                    continue
+                if status not in _RETRYABLE_STATUS:
+                    return _outcome(status, data, endpoint)
+                failure = _outcome_error(status, endpoint)
+            if attempt >= retries:
+                raise failure
+            attempt += 1
+            await asyncio.sleep(_backoff(attempt))
+
+    async def _attempt(
+        self, method: str, path: str, params: Params, body: bytes | None, endpoint: str,
+        token: str,
+    ) -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        async with self._slots:
+            self._metrics.upstream_inflight.inc()
+            start = time.perf_counter()
+            status = "error"
+            try:
+                async with self._session.request(
+                    method, self._base_url + path, params=list(params), data=body,
+                    headers=headers, timeout=self._timeout,
+                ) as resp:
+                    data = await resp.read()
+                    status = str(resp.status)
+                    return resp.status, data
+            finally:
+                self._metrics.upstream_inflight.dec()
+                self._metrics.upstream_requests.labels(endpoint, status).inc()
+                self._metrics.upstream_seconds.labels(endpoint).observe(
+                    time.perf_counter() - start
+                )
+
+
+def _outcome(status: int, data: bytes, endpoint: str) -> bytes:
+    if 200 <= status < 300:
+        return data
+    if status == 404:
+        raise NotFound(f"upstream has no such resource ({endpoint})")
+    if status == 400:
+        raise BadRequest(f"upstream refused the request: {data[:300].decode(errors='replace')}")
+    if status == 401:
+        raise UpstreamFailed("upstream refused the gateway's token twice")
+    raise _outcome_error(status, endpoint)
+
+
+def _outcome_error(status: int, endpoint: str) -> GatewayError:
+    if status == 503:
+        return UpstreamUnavailable(f"upstream unavailable (503 on {endpoint})")
+    if status == 504:
+        return UpstreamTimeout(f"upstream timed out (504 on {endpoint})")
+    return UpstreamFailed(f"upstream answered {status} on {endpoint}")
+
+
+def _backoff(attempt: int) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] spreads retry bursts."""
+    return random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))

@@ -1,0 +1,161 @@
+"""The ABConnect identity token: obtained by password grant, refreshed before it expires.
+
+However many requests need a token at the same moment, one identity call is made: they
+all await the same task. A 401 from the API reports the refused token through
+`invalidate(token)`; only the first report for a given token drops it, so a burst of 401s
+from one fan-out costs one re-authentication, not one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.errors import UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IdentityCredentials:
+    username: str
+    password: str
+    client_id: str = ""
+    client_secret: str = ""
+
+
+class IdentityRejected(UpstreamFailed):
+    """The identity endpoint refused the credentials (400 invalid_grant / 401)."""
+
+
+async def password_grant(
+    session: aiohttp.ClientSession, identity_url: str, creds: IdentityCredentials,
+    timeout_s: float,
+) -> dict:
+    """One password-grant call; the token JSON, or IdentityRejected / Upstream* errors."""
+    return await _token_call(session, identity_url, {
+        "grant_type": "password",
+        "username": creds.username,
+        "password": creds.password,
+        "client_id": creds.client_id,
+        "client_secret": creds.client_secret,
+        "scope": "offline_access",
+    }, timeout_s)
+
+
+class TokenProvider:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        identity_url: str,
+        creds: IdentityCredentials,
+        *,
+        timeout_s: float,
+        on_call: Callable[[str], None] = lambda status: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session
+        self._url = identity_url
+        self._creds = creds
+        self._timeout_s = timeout_s
+        self._on_call = on_call
+        self._clock = clock
+        # The current token and when to stop using it (a margin before its real expiry).
+        # Written only by _obtain(), in one step after a successful identity call.
+        self._access: str | None = None
+        self._refresh: str | None = None
+        self._use_until = 0.0
+        # The identity call in progress, shared by every caller; None when idle.
+        self._pending: asyncio.Task[str] | None = None
+
+    async def token(self) -> str:
+        if self._access is not None and self._clock() < self._use_until:
+            return self._access
+        if self._pending is None:
+            self._pending = asyncio.get_running_loop().create_task(self._obtain())
+            self._pending.add_done_callback(_clear_pending(self))
+        return await asyncio.shield(self._pending)
+
+    def invalidate(self, token: str) -> None:
+        """The API refused `token`: stop using it (no-op if it was already replaced).
+
+        A token refused before its expiry was revoked, and its refresh token with it, so
+        the next sign-in goes straight to the password grant: one identity call, not two.
+        """
+        if token == self._access:
+            self._access = None
+            self._refresh = None
+
+    async def _obtain(self) -> str:
+        data = None
+        if self._refresh is not None:
+            try:
+                data = await _token_call(self._session, self._url, {
+                    "grant_type": "refresh_token",
+                    "refresh_token": self._refresh,
+                    "client_id": self._creds.client_id,
+                    "client_secret": self._creds.client_secret,
+                }, self._timeout_s, self._on_call)
+            except IdentityRejected:
+                log.info("refresh token refused; signing in again")
+        if data is None:
+            data = await _token_call(self._session, self._url, {
+                "grant_type": "password",
+                "username": self._creds.username,
+                "password": self._creds.password,
+                "client_id": self._creds.client_id,
+                "client_secret": self._creds.client_secret,
+                "scope": "offline_access",
+            }, self._timeout_s, self._on_call)
+        try:
+            access = str(data["access_token"])
+            lifetime = float(data.get("expires_in", 3600))
+        except (KeyError, TypeError, ValueError):
+            raise UpstreamFailed("identity endpoint answered without a usable token") from None
+        # Renew a little before expiry so no request goes out with a token about to lapse.
+        margin = min(60.0, lifetime * 0.1)
+        self._access = access
+        self._refresh = data.get("refresh_token") or None
+        self._use_until = self._clock() + lifetime - margin
+        return access
+
+
+def _clear_pending(provider: TokenProvider) -> Callable[[asyncio.Task], None]:
+    def clear(task: asyncio.Task) -> None:
+        if provider._pending is task:
+            provider._pending = None
+        if not task.cancelled():
+            task.exception()  # retrieved: the waiters (if any) got it
+
+    return clear
+
+
+async def _token_call(
+    session: aiohttp.ClientSession, url: str, form: dict[str, str], timeout_s: float,
+    on_call: Callable[[str], None] = lambda status: None,
+) -> dict:
+    try:
+        async with session.post(
+            url, data=form, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as resp:
+            on_call(str(resp.status))
+            if resp.status in (400, 401):
+                raise IdentityRejected("identity endpoint refused the credentials")
+            if resp.status == 503:
+                raise UpstreamUnavailable("identity endpoint unavailable")
+            if resp.status != 200:
+                raise UpstreamFailed(f"identity endpoint answered {resp.status}")
+            return await resp.json(content_type=None)
+    except TimeoutError:
+        on_call("error")
+        raise UpstreamTimeout(f"identity endpoint did not answer within {timeout_s:g} s") from None
+    except aiohttp.ClientError as exc:
+        on_call("error")
+        raise UpstreamUnavailable(f"identity endpoint unreachable: {exc}") from None
+    except ValueError:
+        raise UpstreamFailed("identity endpoint answered something that is not JSON") from None

@@ -1,0 +1,79 @@
+"""Fixtures: a real gateway on a loopback socket, its embedded sandbox upstream behind it."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.app import SANDBOX_URL, TOKENS, create_app
+from gateway.config import Config
+from gateway.upstream.sandbox import SANDBOX, Sandbox
+
+
+@dataclass
+class Gateway:
+    client: TestClient
+    app: web.Application
+    sandbox: Sandbox
+
+    @property
+    def upstream_url(self) -> str:
+        return self.app[SANDBOX_URL]
+
+    def calls(self, route: str) -> int:
+        return self.sandbox.calls[route]
+
+    async def get_json(self, path: str, status: int = 200, **kw: Any) -> Any:
+        resp = await self.client.get(path, **kw)
+        assert resp.status == status, await resp.text()
+        return await resp.json(content_type=None)
+
+    async def upstream_get(self, path: str) -> bytes:
+        """The same request straight to the upstream, bypassing the gateway."""
+        token = await self.app[TOKENS].token()
+        async with aiohttp.ClientSession() as session, session.get(
+            self.upstream_url + path, headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            assert resp.status == 200
+            return await resp.read()
+
+    async def round_trip_s(self, samples: int = 3) -> float:
+        """One upstream round trip as measured now, on this machine (median of a few)."""
+        path = f"/api/Seller/{next(iter(self.sandbox.data.sellers))}"
+        times = []
+        for _ in range(samples):
+            start = time.perf_counter()
+            await self.upstream_get(path)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+
+StartGateway = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def start_gateway(aiohttp_client) -> StartGateway:
+    """start_gateway(latency_ms=0, **sections) -> a running Gateway with a warm token.
+
+    Sections are Config sections as dicts, e.g. upstream={"max_concurrency": 8}.
+    """
+
+    async def start(latency_ms: float = 0, jitter_ms: float = 0, **sections: Any) -> Gateway:
+        sandbox = {"latency_ms": latency_ms, "jitter_ms": jitter_ms, **sections.pop("sandbox", {})}
+        config = Config().replace(sandbox=sandbox, **sections)
+        app = create_app(config)
+        client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})
+        gw = Gateway(client, app, app[SANDBOX])
+        await app[TOKENS].token()
+        gw.sandbox.reset_stats()
+        return gw
+
+    return start

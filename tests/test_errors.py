@@ -1,0 +1,108 @@
+"""Bad input and upstream trouble: always problem+json with the right status, never a 500,
+never a hang."""
+
+from __future__ import annotations
+
+import pytest
+from gwtesting import timed
+
+PROBLEM = "application/problem+json"
+
+
+async def assert_problem(resp, status: int) -> dict:
+    assert resp.status == status, await resp.text()
+    assert resp.headers["Content-Type"].startswith(PROBLEM)
+    body = await resp.json(content_type=None)
+    assert body["status"] == status and body["title"] and body["detail"]
+    assert set(body) == {"type", "title", "status", "detail"}
+    return body
+
+
+@pytest.mark.parametrize("path", [
+    "/api/Lot/abc", "/api/Lot/-1", "/api/Lot/0", "/api/Lot/1.5", "/api/Lot/99999999999",
+    "/api/Catalog/x", "/api/Seller/%20",
+    "/api/Lot?PageSize=x", "/api/Catalog?PageNumber=0",
+    "/api/v1/catalogs/abc/lots", "/api/v1/catalogs/-3/lots",
+    "/api/v1/catalogs/1/lots?page_size=0", "/api/v1/catalogs/1/lots?page_size=101",
+    "/api/v1/catalogs/1/lots?page=0", "/api/v1/catalogs/1/lots?page=two",
+    "/api/v1/lots", "/api/v1/lots?ids=", "/api/v1/lots?ids=1,x", "/api/v1/lots?ids=-1",
+    "/api/v1/lots?ids=" + ",".join(str(i) for i in range(1, 102)),
+    "/api/v1/sellers?page_size=1000", "/api/v1/sellers?q=" + "x" * 201,
+    "/api/v1/sellers/1/events?include_past=maybe", "/api/v1/sellers/abc/events",
+])
+async def test_bad_parameters_are_400(start_gateway, path):
+    gw = await start_gateway()
+    await assert_problem(await gw.client.get(path), 400)
+    assert sum(gw.sandbox.calls.values()) == 0  # rejected before any upstream call
+
+
+@pytest.mark.parametrize("path", [
+    "/api/Lot/999999", "/api/Catalog/999999", "/api/Seller/999999",
+    "/api/v1/catalogs/999999/lots", "/api/v1/sellers/999999/events", "/api/nothing-here",
+])
+async def test_unknown_ids_are_404(start_gateway, path):
+    gw = await start_gateway()
+    await assert_problem(await gw.client.get(path), 404)
+
+
+async def test_wrong_method_is_a_problem_not_a_page(start_gateway):
+    gw = await start_gateway()
+    resp = await gw.client.delete("/api/Catalog/1")
+    await assert_problem(resp, 405)
+    assert "GET" in resp.headers["Allow"]
+
+
+async def test_api_keys_guard_api_routes_only(start_gateway):
+    from gateway.config import parse_api_keys
+
+    gw = await start_gateway(api_keys=parse_api_keys("ops:k-ops,ci:k-ci"))
+    lot = f"/api/Lot/{next(iter(gw.sandbox.data.lots))}"
+    await assert_problem(await gw.client.get(lot), 401)
+    resp = await gw.client.get(lot, headers={"Authorization": "Bearer wrong"})
+    await assert_problem(resp, 401)
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    await assert_problem(await gw.client.get(lot, headers={"X-API-Key": "k-op"}), 401)
+    assert (await gw.client.get(lot, headers={"Authorization": "Bearer k-ops"})).status == 200
+    assert (await gw.client.get(lot, headers={"X-API-Key": "k-ci"})).status == 200
+    for open_path in ("/healthz", "/readyz", "/metrics"):
+        assert (await gw.client.get(open_path)).status == 200
+
+
+async def test_cold_key_with_upstream_down_fails_fast_with_503(start_gateway):
+    gw = await start_gateway(upstream={"retries": 2})
+    gw.sandbox.configure(down=True)
+    resp, took = await timed(gw.client.get(f"/api/Lot/{next(iter(gw.sandbox.data.lots))}"))
+    await assert_problem(resp, 503)
+    assert gw.calls("GET /api/Lot/{id}") == 3  # first try + 2 retries
+    assert took < 2.0
+
+
+async def test_upstream_errors_map_to_502(start_gateway):
+    gw = await start_gateway(upstream={"retries": 1})
+    gw.sandbox.configure(fail_writes=None, error_rate=1.0)
+    lot_id = next(iter(gw.sandbox.data.lots))
+    resp = await gw.client.get(f"/api/Lot/{lot_id}")
+    assert resp.status in (502, 503)
+    await assert_problem(resp, resp.status)
+    gw.sandbox.configure(error_rate=0.0)
+    assert (await gw.client.get(f"/api/Lot/{lot_id}")).status == 200  # failure not cached
+
+
+async def test_hanging_upstream_is_a_504_within_timeout_and_retries(start_gateway):
+    gw = await start_gateway(upstream={"timeout_s": 0.4, "retries": 1})
+    gw.sandbox.configure(hang=True)
+    resp, took = await timed(gw.client.get(f"/api/Catalog/{next(iter(gw.sandbox.data.catalogs))}"))
+    await assert_problem(resp, 504)
+    assert took <= 0.4 * 2 + 1.0
+
+
+async def test_event_page_with_lots_failing_still_returns_the_rest(start_gateway):
+    gw = await start_gateway()
+    catalog_id = gw.sandbox.data.catalog_ids_with_lots(25)[0]
+    await gw.get_json(f"/api/Catalog/{catalog_id}")  # catalog cached; now lots fail
+    first_ids = gw.sandbox.data.lot_ids_of_catalog(catalog_id)[:3]
+    await gw.get_json("/api/v1/lots?ids=" + ",".join(map(str, first_ids)))
+    gw.sandbox.configure(down=True)
+    page = await gw.get_json(f"/api/v1/catalogs/{catalog_id}/lots?page_size=10")
+    assert [lot["id"] for lot in page["items"]] == first_ids
+    assert len(page["errors"]) == 7 and {e["status"] for e in page["errors"]} == {503}
