@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean system-deps
 
 install: $(STAMP)
 
@@ -20,7 +20,12 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 
-test: install
+# System packages the tests use, installed only when missing (needs root, as in CI).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 

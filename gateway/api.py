@@ -12,10 +12,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.cache import Entry, Lookup
+from gateway.auth import CLIENT_NAME
+from gateway.cache import Lookup, etag_of
 from gateway.catalog import RESOURCES, CatalogService, LotBatch, View
-from gateway.errors import BadRequest, GatewayError, Unauthorized
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, Unauthorized
 from gateway.metrics import Metrics
+from gateway.overrides import MAX_BODY_BYTES, parse_changes
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def lookup_response(request: web.Request, lookup: Lookup) -> web.Response:
 
 def view_response(request: web.Request, view: View) -> web.Response:
     body = json.dumps(view.payload, separators=(",", ":")).encode()
-    return cached_response(request, body, Entry(body, 0, 0).etag, view.cache)
+    return cached_response(request, body, etag_of(body), view.cache)
 
 
 def batch_response(request: web.Request, batch: LotBatch) -> web.Response:
@@ -165,6 +167,44 @@ async def v1_seller_events(request: web.Request) -> web.Response:
     return view_response(request, view)
 
 
+# --- writes ------------------------------------------------------------------------------
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, or 413 as soon as it is known to exceed `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is at most {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the body is at most {limit} bytes")
+    return body
+
+
+def actor(request: web.Request) -> str:
+    """Who is writing, for the save log: the API key's name, never the key."""
+    return request.get(CLIENT_NAME) or "anonymous"
+
+
+async def v1_save_override(request: web.Request) -> web.Response:
+    lot_id = parse_id(request.match_info["id"])
+    try:
+        changes = parse_changes(await read_body(request, MAX_BODY_BYTES))
+    except GatewayError:
+        request.app[METRICS].overrides.labels("rejected").inc()
+        raise
+    saved = await request.app[CATALOG].save_override(
+        lot_id, changes, actor=actor(request), if_match=request.headers.get("If-Match")
+    )
+    return web.Response(body=saved.body, headers={"ETag": saved.etag, "Content-Type": JSON})
+
+
+async def mirror_put_lot(request: web.Request) -> web.Response:
+    lot_id = parse_id(request.match_info["id"])
+    body = await read_body(request, 1024 * 1024)
+    answer = await request.app[CATALOG].put_lot(lot_id, body)
+    return web.Response(body=answer, headers={"Content-Type": JSON})
+
+
 # --- health and metrics ------------------------------------------------------------------------
 
 
@@ -215,8 +255,10 @@ def add_routes(app: web.Application) -> None:
     for resource in RESOURCES:
         r.add_get(f"/api/{resource}", mirror_get_list(resource))
         r.add_get(f"/api/{resource}/{{id}}", mirror_get_one(resource))
+    r.add_put("/api/Lot/{id}", mirror_put_lot)
     r.add_get("/api/v1/catalogs/{id}/lots", v1_event_lots)
     r.add_get("/api/v1/lots", v1_lots)
+    r.add_post("/api/v1/lots/{id}/override", v1_save_override)
     r.add_get("/api/v1/sellers", v1_sellers)
     r.add_get("/api/v1/sellers/{id}/events", v1_seller_events)
     r.add_get("/healthz", healthz)

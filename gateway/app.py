@@ -20,6 +20,7 @@ from gateway.metrics import Metrics, timing_middleware
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.identity import IdentityCredentials, TokenProvider
 from gateway.upstream.sandbox import DEMO_ACCOUNTS, SANDBOX, start_sandbox
+from ui import setup_ui
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = metrics
     add_routes(app)
+    setup_ui(app)
     app.cleanup_ctx.append(_upstream)
     return app
 
@@ -88,7 +90,9 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     metrics.watch_cache(cache)
     app[CACHE] = cache
     app[TOKENS] = tokens
-    app[CATALOG] = CatalogService(cache, client)
+    app[CATALOG] = CatalogService(
+        cache, client, on_override=lambda outcome: metrics.overrides.labels(outcome).inc()
+    )
     app[READINESS] = alru_cache(maxsize=1, ttl=2.0)(tokens.token)
 
     # Sign in now, so the first operator request does not pay for it. Failure is not

@@ -15,16 +15,30 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.cache import Cache, Key, Lookup, Result
-from gateway.errors import GatewayError, NotFound, UpstreamFailed
+from gateway.cache import Cache, Key, Lookup, Result, etag_of
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    Unprocessable,
+    UpstreamFailed,
+    UpstreamUnavailable,
+)
+from gateway.locks import KeyedLocks
+from gateway.overrides import Change, current_override, merge, update_request
 from gateway.upstream.client import Params, UpstreamClient
+
+log = logging.getLogger("gateway.overrides")
 
 RESOURCES = ("Seller", "Catalog", "Lot")
 SELLER_PAGE = 100  # page size used to read the whole seller list for searching
@@ -139,10 +153,28 @@ class View:
     cache: str
 
 
+@dataclass(frozen=True)
+class SavedLot:
+    """A lot as the upstream answered the write, and what the write changed."""
+
+    body: bytes
+    changes: list[Change]
+
+    @property
+    def etag(self) -> str:
+        return etag_of(self.body)
+
+
 class CatalogService:
-    def __init__(self, cache: Cache, upstream: UpstreamClient) -> None:
+    def __init__(
+        self, cache: Cache, upstream: UpstreamClient,
+        on_override: Callable[[str], None] = lambda outcome: None,
+    ) -> None:
         self._cache = cache
         self._upstream = upstream
+        self._on_override = on_override
+        # One read-merge-write per lot at a time; saves to different lots run in parallel.
+        self._writes = KeyedLocks()
 
     # --- single resources (drop-in mirror) ---------------------------------------------
 
@@ -236,11 +268,131 @@ class CatalogService:
                    "items": list(paging.window(events)), **paging.envelope()}
         return View(payload, seller.result.header)
 
+    # --- writes ---------------------------------------------------------------------------
+
+    async def save_override(
+        self, lot_id: int, changes: dict[str, Any], *, actor: str,
+        if_match: str | None = None,
+    ) -> SavedLot:
+        """Overlay `changes` (validated, camelCase; None removes) on the lot's override.
+
+        Under the lot's write lock: read the lot fresh from upstream (never from the
+        cache: the cache may lag another replica's save), merge, PUT the whole lot, and
+        invalidate before returning. No read that starts after this returns can see the
+        old override: the cached entry is gone and any fetch that was in flight during the
+        write is detached and cannot store its (possibly older) result.
+        """
+        outcome, changed = "upstream_error", []
+        try:
+            async with self._writes.hold(lot_id):
+                current = await self._fresh_lot(lot_id)
+                if if_match and if_match.strip() != "*" and etag_of(current) not in _etags(
+                    if_match
+                ):
+                    raise PreconditionFailed(
+                        f"lot {lot_id} changed since that ETag was read; reload and retry"
+                    )
+                lot = _json(current)
+                override, changed = merge(current_override(lot), changes)
+                if not changed:
+                    outcome = "unchanged"
+                    return SavedLot(current, [])
+                answer = await self._write(lot_id, update_request(lot, override), lot)
+                outcome = "saved"
+                return SavedLot(answer, changed)
+        except GatewayError as exc:
+            outcome = _outcome_of(exc)
+            raise
+        finally:
+            self._on_override(outcome)
+            log.info(json.dumps({
+                "event": "lot_override", "lotId": lot_id, "actor": actor, "outcome": outcome,
+                "changes": {c.field: [c.old, c.new] for c in changed},
+            }))
+
+    async def put_lot(self, lot_id: int, body: bytes) -> bytes:
+        """The drop-in PUT /api/Lot/{id}: passed through, then the same invalidation."""
+        try:
+            request = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("the body must be a JSON UpdateLotRequest") from None
+        if not isinstance(request, dict):
+            raise BadRequest("the body must be a JSON UpdateLotRequest object")
+        async with self._writes.hold(lot_id):
+            before = self._cache.peek(("lot", lot_id))
+            prior = [before.derive("json", _json)] if before is not None else []
+            return await self._write(lot_id, body, request, *prior)
+
+    async def _fresh_lot(self, lot_id: int) -> bytes:
+        try:
+            return await self._upstream.get(f"/api/Lot/{lot_id}", endpoint="/api/Lot/{id}")
+        except NotFound:
+            raise NotFound(f"Lot {lot_id} does not exist") from None
+
+    async def _write(self, lot_id: int, body: bytes, *lots: dict[str, Any]) -> bytes:
+        """PUT the lot; whatever happens, drop what the gateway holds of it afterwards.
+
+        Invalidating after a failure too: a write that failed may still have been applied
+        (a lost answer), so the next read must ask the upstream what it really holds.
+        """
+        answer = None
+        try:
+            answer = await self._upstream.put_json(
+                f"/api/Lot/{lot_id}", body, endpoint="/api/Lot/{id}"
+            )
+            return answer
+        except UpstreamUnavailable as exc:
+            raise UpstreamFailed(f"the write did not reach the upstream: {exc.detail}") from None
+        except NotFound:
+            raise NotFound(f"Lot {lot_id} does not exist") from None
+        finally:
+            seen = [*lots, _json_or_empty(answer)] if answer is not None else list(lots)
+            self._invalidate_lot(lot_id, seen)
+
+    def _invalidate_lot(self, lot_id: int, lots: Sequence[dict[str, Any]]) -> None:
+        """The lot, every cached list that may hold it, and the catalogs it was or is in
+        (their lot lists change if a drop-in PUT moved it). Event pages hold nothing of
+        their own: they are rebuilt from these entries."""
+        self._cache.invalidate(("lot", lot_id))
+        self._cache.invalidate_kind("lot-list")
+        catalog_ids = {c.get("catalogId") for lot in lots for c in lot.get("catalogs") or []
+                       if isinstance(c, dict)}
+        if any(lot.get("catalogs") != lots[0].get("catalogs") for lot in lots[1:]):
+            for catalog_id in catalog_ids:
+                self._cache.invalidate(("catalog", catalog_id))
+            self._cache.invalidate_kind("catalog-list")
+
+    async def verify_operator(self, username: str, password: str) -> bool:
+        """Whether the upstream identity endpoint accepts this operator's credentials."""
+        return await self._upstream.verify_operator(username, password)
+
     async def _lot_outcome(self, lot_id: int) -> LotOutcome:
         try:
             return LotOutcome(lot_id, lookup=await self.lot(lot_id))
         except GatewayError as exc:
             return LotOutcome(lot_id, error=exc)
+
+
+def _outcome_of(exc: GatewayError) -> str:
+    if isinstance(exc, NotFound):
+        return "not_found"
+    if isinstance(exc, PreconditionFailed):
+        return "conflict"
+    if isinstance(exc, BadRequest | Unprocessable | PayloadTooLarge):
+        return "rejected"
+    return "upstream_error"
+
+
+def _etags(header: str) -> set[str]:
+    return {t.strip().removeprefix("W/") for t in header.split(",") if t.strip()}
+
+
+def _json_or_empty(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _json(body: bytes) -> Any:

@@ -45,6 +45,10 @@ class Metrics(CacheObserver):
         self.upstream_inflight = Gauge(
             "gateway_upstream_inflight", "Upstream requests in flight now.", registry=r
         )
+        self.overrides = Counter(
+            "gateway_overrides", "Override saves by outcome (saved, unchanged, rejected, "
+            "not_found, conflict, upstream_error).", ["outcome"], registry=r,
+        )
         self.http_requests = Counter(
             "gateway_http_requests", "Requests served, by route template.",
             ["route", "method", "status"], registry=r,

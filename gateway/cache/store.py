@@ -22,6 +22,11 @@ T = TypeVar("T")
 ENTRY_OVERHEAD = 256
 
 
+def etag_of(body: bytes) -> str:
+    """A strong ETag for a body: the same bytes always get the same tag."""
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
 @dataclass(slots=True, eq=False)
 class Entry:
     """One upstream answer. `body` is immutable and served as-is on every hit."""
@@ -35,7 +40,7 @@ class Entry:
 
     def __post_init__(self) -> None:
         if not self.etag:
-            self.etag = '"' + hashlib.blake2b(self.body, digest_size=12).hexdigest() + '"'
+            self.etag = etag_of(self.body)
 
     @property
     def size(self) -> int:

@@ -63,8 +63,16 @@ class UpstreamClient:
         return await self._call("GET", path, params, None, endpoint, self._retries)
 
     async def put_json(self, path: str, body: bytes, *, endpoint: str) -> bytes:
-        """PUT a JSON body; the 2xx answer's body. A write is never retried here."""
-        return await self._call("PUT", path, (), body, endpoint, 0)
+        """PUT a JSON body; the 2xx answer's body.
+
+        Retried like a GET: a PUT of a whole lot is idempotent, so repeating one whose
+        answer was lost leaves the upstream exactly as one success would.
+        """
+        return await self._call("PUT", path, (), body, endpoint, self._retries)
+
+    async def verify_operator(self, username: str, password: str) -> bool:
+        """Whether the identity endpoint accepts these operator credentials."""
+        return await self._tokens.check_password(username, password)
 
     async def _call(
         self, method: str, path: str, params: Params, body: bytes | None, endpoint: str,

@@ -81,6 +81,18 @@ class TokenProvider:
             self._pending.add_done_callback(_clear_pending(self))
         return await asyncio.shield(self._pending)
 
+    async def check_password(self, username: str, password: str) -> bool:
+        """True if the identity endpoint grants a token for these credentials (an
+        operator signing in); False if it refuses them; Upstream* errors if unreachable."""
+        creds = IdentityCredentials(
+            username, password, self._creds.client_id, self._creds.client_secret
+        )
+        try:
+            await password_grant(self._session, self._url, creds, self._timeout_s)
+        except IdentityRejected:
+            return False
+        return True
+
     def invalidate(self, token: str) -> None:
         """The API refused `token`: stop using it (no-op if it was already replaced).
 
