@@ -259,9 +259,12 @@ async def sandbox_middleware(request: web.Request, handler: Handler) -> web.Stre
         if is_api and sandbox.error_rate > 0 and sandbox.rng.random() < sandbox.error_rate:
             await asyncio.sleep(FAULT_DELAY_S)
             return _problem(503, "Injected failure")
-        delay = sandbox.delay_s()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        # Half the latency on the way in, half on the way back, each with its own jitter:
+        # the data is read in between, as on a real network, so an answer can arrive well
+        # after the moment it describes (what makes stale write-backs possible at all).
+        inbound = sandbox.delay_s() / 2
+        if inbound > 0:
+            await asyncio.sleep(inbound)
         if is_api:
             token = _bearer(request)
             if token is None:
@@ -272,7 +275,11 @@ async def sandbox_middleware(request: web.Request, handler: Handler) -> web.Stre
                     "Invalid or expired token",
                     **{"WWW-Authenticate": 'Bearer error="invalid_token"'},
                 )
-        return await handler(request)
+        response = await handler(request)
+        outbound = sandbox.delay_s() / 2
+        if outbound > 0:
+            await asyncio.sleep(outbound)
+        return response
     except _BadRequest as exc:
         return _problem(400, str(exc))
     finally:
