@@ -38,26 +38,31 @@ PROBLEM = "application/problem+json"
 
 
 def cached_response(
-    request: web.Request, body: bytes, etag: str, cache: str
+    request: web.Request, body: bytes, etag: str, cache: str, age_s: float | None = None
 ) -> web.Response:
     """200 with the body, or 304 when the client already holds this ETag."""
     headers = {"ETag": etag, "X-Cache": cache, "Cache-Control": "no-cache"}
+    if age_s is not None and cache == "STALE":
+        headers["Age"] = str(int(age_s))
     if etag in _etags(request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers=headers)
     return web.Response(body=body, headers={**headers, "Content-Type": JSON})
 
 
 def lookup_response(request: web.Request, lookup: Lookup) -> web.Response:
-    return cached_response(request, lookup.entry.body, lookup.entry.etag, lookup.result.header)
+    entry = lookup.entry
+    return cached_response(request, entry.body, entry.etag, lookup.result.header, lookup.age_s)
 
 
 def view_response(request: web.Request, view: View) -> web.Response:
     body = json.dumps(view.payload, separators=(",", ":")).encode()
-    return cached_response(request, body, etag_of(body), view.cache)
+    return cached_response(request, body, etag_of(body), view.cache, view.age_s)
 
 
 def batch_response(request: web.Request, batch: LotBatch) -> web.Response:
-    return cached_response(request, batch.body(), batch.etag, batch.cache)
+    ages = [lk.age_s for lk in batch.lookups]
+    age = max(ages) if ages else None
+    return cached_response(request, batch.body(), batch.etag, batch.cache, age)
 
 
 def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None):

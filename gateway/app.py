@@ -16,7 +16,9 @@ from gateway.auth import api_key_middleware
 from gateway.cache import Cache
 from gateway.catalog import CatalogService
 from gateway.config import Config
+from gateway.errors import GatewayError, NotFound
 from gateway.metrics import Metrics, timing_middleware
+from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.identity import IdentityCredentials, TokenProvider
 from gateway.upstream.sandbox import DEMO_ACCOUNTS, SANDBOX, start_sandbox
@@ -82,11 +84,25 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         session, identity_url, creds, timeout_s=up.timeout_s,
         on_call=lambda status: metrics.upstream_requests.labels("identity", status).inc(),
     )
+    breaker = CircuitBreaker(
+        window_s=up.breaker_window_s, min_calls=up.breaker_min_calls,
+        failure_ratio=up.breaker_failure_ratio, open_s=up.breaker_open_s,
+    )
+    metrics.breaker_state.set_function(lambda: breaker.state)
     client = UpstreamClient(
         session, base_url, tokens, metrics=metrics, max_concurrency=up.max_concurrency,
-        timeout_s=up.timeout_s, retries=up.retries,
+        timeout_s=up.timeout_s, retries=up.retries, queue_timeout_s=up.queue_timeout_s,
+        breaker=breaker,
     )
-    cache = Cache(ttl_s=config.cache.ttl_s, max_bytes=config.cache.max_bytes, observer=metrics)
+    cc = config.cache
+    cache = Cache(
+        ttl_s=cc.ttl_s, max_bytes=cc.max_bytes, observer=metrics,
+        stale_while_revalidate_s=cc.stale_while_revalidate_s,
+        stale_if_error_s=cc.stale_if_error_s,
+        # Stale answers stand in for upstream failures (5xx kinds), never for a 4xx.
+        serve_stale_on=lambda exc: isinstance(exc, GatewayError) and exc.status >= 500,
+        negative_ttl=lambda exc: cc.negative_ttl_s if isinstance(exc, NotFound) else None,
+    )
     metrics.watch_cache(cache)
     app[CACHE] = cache
     app[TOKENS] = tokens

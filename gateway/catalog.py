@@ -83,7 +83,9 @@ class Paging:
 
 
 def cache_header(lookups: Sequence[Lookup]) -> str:
-    """HIT only when every part came from the cache."""
+    """STALE if any part is stale; HIT only when every part came fresh from the cache."""
+    if any(lk.result is Result.STALE for lk in lookups):
+        return "STALE"
     return "HIT" if all(lk.result is Result.HIT for lk in lookups) else "MISS"
 
 
@@ -100,12 +102,20 @@ class LotBatch:
 
     @property
     def from_cache(self) -> int:
-        return sum(1 for lk in self.lookups if lk.result is Result.HIT)
+        """Lots served from the cache (fresh or stale) rather than fetched for this page."""
+        return sum(1 for lk in self.lookups if lk.result in (Result.HIT, Result.STALE))
+
+    @property
+    def stale_ids(self) -> list[int]:
+        """Lots served from an expired entry (the upstream is failing or being asked)."""
+        return [o.lot_id for o in self.lots
+                if o.lookup is not None and o.lookup.result is Result.STALE]
 
     def parts(self) -> tuple[bytes, bytes]:
+        """(items JSON, errors and staleLotIds JSON members)."""
         items = b"[" + b",".join(lk.entry.body for lk in self.lookups) + b"]"
         errors = json.dumps([o.error_json() for o in self.lots if o.error is not None])
-        return items, errors.encode()
+        return items, f"{errors},\"staleLotIds\":{json.dumps(self.stale_ids)}".encode()
 
     def body(self) -> bytes:
         items, errors = self.parts()
@@ -151,6 +161,7 @@ class View:
 
     payload: dict[str, Any]
     cache: str
+    age_s: float | None = None  # of the oldest part, for the Age header of a STALE answer
 
 
 @dataclass(frozen=True)
@@ -250,7 +261,7 @@ class CatalogService:
             ]
         paging = Paging(page, page_size, len(sellers))
         return View({"items": list(paging.window(sellers)), **paging.envelope()},
-                    cache_header(lookups))
+                    cache_header(lookups), max(lk.age_s for lk in lookups))
 
     async def seller_events(
         self, seller_id: int, include_past: bool, page: int, page_size: int
@@ -266,7 +277,7 @@ class CatalogService:
         payload = {"seller": {k: v for k, v in seller.entry.derive("json", _json).items()
                               if k != "catalogs"},
                    "items": list(paging.window(events)), **paging.envelope()}
-        return View(payload, seller.result.header)
+        return View(payload, seller.result.header, seller.age_s)
 
     # --- writes ---------------------------------------------------------------------------
 

@@ -34,12 +34,20 @@ class UpstreamConfig:
     timeout_s: float = 10.0
     max_concurrency: int = 32
     retries: int = 2
+    queue_timeout_s: float = 5.0
+    breaker_window_s: float = 10.0
+    breaker_min_calls: int = 50
+    breaker_failure_ratio: float = 0.5
+    breaker_open_s: float = 5.0
 
 
 @dataclass(frozen=True)
 class CacheConfig:
     ttl_s: float = 600.0
     max_bytes: int = 256 * 1024 * 1024
+    stale_while_revalidate_s: float = 60.0
+    stale_if_error_s: float = 86400.0
+    negative_ttl_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -235,7 +243,15 @@ def _validate(c: Config) -> None:
     need(c.upstream.timeout_s > 0, "upstream.timeout_s", "must be > 0")
     need(c.upstream.max_concurrency >= 1, "upstream.max_concurrency", "must be >= 1")
     need(0 <= c.upstream.retries <= 10, "upstream.retries", "must be 0-10")
+    need(c.upstream.queue_timeout_s > 0, "upstream.queue_timeout_s", "must be > 0")
+    need(c.upstream.breaker_window_s > 0, "upstream.breaker_window_s", "must be > 0")
+    need(c.upstream.breaker_min_calls >= 1, "upstream.breaker_min_calls", "must be >= 1")
+    need(0 < c.upstream.breaker_failure_ratio <= 1, "upstream.breaker_failure_ratio",
+         "must be in (0, 1]")
+    need(c.upstream.breaker_open_s > 0, "upstream.breaker_open_s", "must be > 0")
     need(c.cache.ttl_s >= 0, "cache.ttl_s", "must be >= 0")
+    for key in ("stale_while_revalidate_s", "stale_if_error_s", "negative_ttl_s"):
+        need(getattr(c.cache, key) >= 0, f"cache.{key}", "must be >= 0")
     need(c.cache.max_bytes >= 0, "cache.max_bytes", "must be >= 0")
     need(c.sandbox.latency_ms >= 0, "sandbox.latency_ms", "must be >= 0")
     need(c.sandbox.jitter_ms >= 0, "sandbox.jitter_ms", "must be >= 0")

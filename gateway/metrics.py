@@ -45,6 +45,10 @@ class Metrics(CacheObserver):
         self.upstream_inflight = Gauge(
             "gateway_upstream_inflight", "Upstream requests in flight now.", registry=r
         )
+        self.breaker_state = Gauge(
+            "gateway_upstream_breaker_state",
+            "Upstream circuit breaker: 0 closed, 1 half-open (probing), 2 open.", registry=r,
+        )
         self.overrides = Counter(
             "gateway_overrides", "Override saves by outcome (saved, unchanged, rejected, "
             "not_found, conflict, upstream_error).", ["outcome"], registry=r,

@@ -53,14 +53,19 @@ class SingleFlight(Generic[K, V]):
         self, key: K, fn: Callable[[], Awaitable[V]], keep: Callable[[V], None]
     ) -> tuple[V, bool]:
         """(value, shared): shared is True when this caller joined a call already running."""
-        call = self._calls.get(key)
-        if call is not None:
-            return await asyncio.shield(call.task), True
+        shared = key in self._calls
+        self.start(key, fn, keep)
+        return await asyncio.shield(self._calls[key].task), shared
+
+    def start(self, key: K, fn: Callable[[], Awaitable[V]], keep: Callable[[V], None]) -> None:
+        """Begin a call for `key` in the background unless one is running; nobody awaits
+        it (a background refresh). Its value lands through keep(), its error is dropped."""
+        if key in self._calls:
+            return
         call = _Call[V]()
         call.task = asyncio.get_running_loop().create_task(self._run(key, call, fn, keep))
         call.task.add_done_callback(_consume_exception)
         self._calls[key] = call
-        return await asyncio.shield(call.task), False
 
     def forget(self, key: K) -> bool:
         call = self._calls.pop(key, None)

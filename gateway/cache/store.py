@@ -35,6 +35,9 @@ class Entry:
     stored_at: float
     expires_at: float
     etag: str = ""
+    # A remembered upstream error (a 404, for negative_ttl) instead of a body. Never
+    # served stale: it only answers while fresh.
+    error: BaseException | None = None
     # Values computed from `body` at most once (parsed ids, ...); see derive().
     _derived: dict[str, Any] = field(default_factory=dict, repr=False)
 

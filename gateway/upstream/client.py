@@ -1,8 +1,9 @@
 """The only code that speaks to the ABConnect Catalog API.
 
-One pooled aiohttp session; a global cap on requests in flight; a bearer token from the
-TokenProvider (one re-auth and one retry on a 401); a timeout per attempt; GETs retried
-with jittered exponential backoff on connection errors, timeouts and 502/503/504.
+One pooled aiohttp session; a global cap on requests in flight, with a bounded wait for a
+slot; a circuit breaker; a bearer token from the TokenProvider (one re-auth and one retry
+on a 401); a timeout per attempt; retries with jittered exponential backoff on connection
+errors, timeouts and 502/503/504.
 
 Answers come back as body bytes: the gateway relays upstream JSON, it does not re-model it.
 Failures come back as the GatewayError the client of the gateway should see.
@@ -26,6 +27,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.metrics import Metrics
+from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.identity import TokenProvider
 
 Params = Sequence[tuple[str, str]]
@@ -33,6 +35,10 @@ Params = Sequence[tuple[str, str]]
 _RETRYABLE_STATUS = {502, 503, 504}
 _BACKOFF_BASE_S = 0.05
 _BACKOFF_CAP_S = 2.0
+
+
+class UpstreamBusy(UpstreamUnavailable):
+    """Waited longer than queue_timeout_s for a free upstream slot."""
 
 
 class UpstreamClient:
@@ -46,6 +52,8 @@ class UpstreamClient:
         max_concurrency: int,
         timeout_s: float,
         retries: int,
+        queue_timeout_s: float,
+        breaker: CircuitBreaker,
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
@@ -54,6 +62,8 @@ class UpstreamClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._timeout_s = timeout_s
         self._retries = retries
+        self._queue_timeout_s = queue_timeout_s
+        self.breaker = breaker
         # Held for the duration of one HTTP attempt (not during backoff or token calls):
         # the number of requests the upstream sees at once never exceeds max_concurrency.
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -81,6 +91,7 @@ class UpstreamClient:
         reauthenticated = False
         attempt = 0
         while True:
+            self.breaker.check()  # open: refuse now, before waiting for anything
             token = await self._tokens.token()
             try:
                 status, data = await self._attempt(method, path, params, body, endpoint, token)
@@ -112,24 +123,41 @@ class UpstreamClient:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        async with self._slots:
-            self._metrics.upstream_inflight.inc()
-            start = time.perf_counter()
-            status = "error"
-            try:
-                async with self._session.request(
-                    method, self._base_url + path, params=list(params), data=body,
-                    headers=headers, timeout=self._timeout,
-                ) as resp:
-                    data = await resp.read()
-                    status = str(resp.status)
-                    return resp.status, data
-            finally:
-                self._metrics.upstream_inflight.dec()
-                self._metrics.upstream_requests.labels(endpoint, status).inc()
-                self._metrics.upstream_seconds.labels(endpoint).observe(
-                    time.perf_counter() - start
-                )
+        try:
+            async with asyncio.timeout(self._queue_timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise UpstreamBusy(
+                f"more requests are waiting for the upstream than it can take; waited "
+                f"{self._queue_timeout_s:g} s", retry_after=1.0,
+            ) from None
+        try:
+            self.breaker.before_call()
+        except GatewayError:
+            self._slots.release()
+            raise
+        self._metrics.upstream_inflight.inc()
+        start = time.perf_counter()
+        status = "error"
+        failed: bool | None = True
+        try:
+            async with self._session.request(
+                method, self._base_url + path, params=list(params), data=body,
+                headers=headers, timeout=self._timeout,
+            ) as resp:
+                data = await resp.read()
+                status = str(resp.status)
+                failed = resp.status >= 500
+                return resp.status, data
+        except asyncio.CancelledError:
+            failed = None
+            raise
+        finally:
+            self.breaker.record(failed)
+            self._slots.release()
+            self._metrics.upstream_inflight.dec()
+            self._metrics.upstream_requests.labels(endpoint, status).inc()
+            self._metrics.upstream_seconds.labels(endpoint).observe(time.perf_counter() - start)
 
 
 def _outcome(status: int, data: bytes, endpoint: str) -> bytes:
