@@ -55,12 +55,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from gateway.app import create_app
 
-    app = create_app(config)
     # Start-up leaves ~150k long-lived objects (ABConnect pulls in pydantic and pandas).
     # Freezing them keeps every later full GC from rescanning them: a full collection
-    # would otherwise pause the event loop for tens of milliseconds under load.
+    # would otherwise pause the event loop for tens of milliseconds under load. (Before
+    # forking workers, it also keeps their shared pages from being copied.)
     gc.collect()
     gc.freeze()
+    if config.server.workers > 1:
+        from gateway.workers import serve_workers
+
+        return serve_workers(config, create_app)
+    app = create_app(config)
     web.run_app(app, host=config.server.host, port=config.server.port,
                 access_log=None, shutdown_timeout=10.0)
     return 0

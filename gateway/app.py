@@ -14,6 +14,7 @@ from async_lru import alru_cache
 from gateway.api import CATALOG, METRICS, READINESS, add_routes, problem_middleware
 from gateway.auth import api_key_middleware
 from gateway.cache import Cache
+from gateway.cache.shared import RedisTier
 from gateway.catalog import CatalogService
 from gateway.config import Config
 from gateway.errors import GatewayError, NotFound
@@ -95,6 +96,14 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         breaker=breaker,
     )
     cc = config.cache
+    tier = None
+    if cc.backend == "redis":
+        tier = RedisTier(
+            cc.redis_url, ttl_s=cc.ttl_s,
+            keep_s=max(cc.stale_while_revalidate_s, cc.stale_if_error_s),
+            # A lease must outlast the slowest upstream call it covers (all retries).
+            lease_s=up.timeout_s * (up.retries + 1) + 2.0,
+        )
     cache = Cache(
         ttl_s=cc.ttl_s, max_bytes=cc.max_bytes, observer=metrics,
         stale_while_revalidate_s=cc.stale_while_revalidate_s,
@@ -102,7 +111,9 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         # Stale answers stand in for upstream failures (5xx kinds), never for a 4xx.
         serve_stale_on=lambda exc: isinstance(exc, GatewayError) and exc.status >= 500,
         negative_ttl=lambda exc: cc.negative_ttl_s if isinstance(exc, NotFound) else None,
+        tier=tier,
     )
+    await cache.start()
     metrics.watch_cache(cache)
     app[CACHE] = cache
     app[TOKENS] = tokens
@@ -119,7 +130,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         warm.cancel()
-        cache.close()
+        await cache.close()
         await session.close()
         if sandbox_runner is not None:
             await sandbox_runner.cleanup()

@@ -34,7 +34,6 @@ from gateway.errors import (
     UpstreamFailed,
     UpstreamUnavailable,
 )
-from gateway.locks import KeyedLocks
 from gateway.overrides import Change, current_override, merge, update_request
 from gateway.upstream.client import Params, UpstreamClient
 
@@ -86,7 +85,7 @@ def cache_header(lookups: Sequence[Lookup]) -> str:
     """STALE if any part is stale; HIT only when every part came fresh from the cache."""
     if any(lk.result is Result.STALE for lk in lookups):
         return "STALE"
-    return "HIT" if all(lk.result is Result.HIT for lk in lookups) else "MISS"
+    return "HIT" if all(lk.result.header == "HIT" for lk in lookups) else "MISS"
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,8 @@ class LotBatch:
     @property
     def from_cache(self) -> int:
         """Lots served from the cache (fresh or stale) rather than fetched for this page."""
-        return sum(1 for lk in self.lookups if lk.result in (Result.HIT, Result.STALE))
+        return sum(1 for lk in self.lookups
+                   if lk.result in (Result.HIT, Result.SHARED, Result.STALE))
 
     @property
     def stale_ids(self) -> list[int]:
@@ -184,8 +184,6 @@ class CatalogService:
         self._cache = cache
         self._upstream = upstream
         self._on_override = on_override
-        # One read-merge-write per lot at a time; saves to different lots run in parallel.
-        self._writes = KeyedLocks()
 
     # --- single resources (drop-in mirror) ---------------------------------------------
 
@@ -295,7 +293,9 @@ class CatalogService:
         """
         outcome, changed = "upstream_error", []
         try:
-            async with self._writes.hold(lot_id):
+            # One read-merge-write per lot at a time (across replicas when the cache is
+            # shared); saves to different lots run in parallel.
+            async with self._cache.exclusive(f"lot:{lot_id}"):
                 current = await self._fresh_lot(lot_id)
                 if if_match and if_match.strip() != "*" and etag_of(current) not in _etags(
                     if_match
@@ -329,7 +329,7 @@ class CatalogService:
             raise BadRequest("the body must be a JSON UpdateLotRequest") from None
         if not isinstance(request, dict):
             raise BadRequest("the body must be a JSON UpdateLotRequest object")
-        async with self._writes.hold(lot_id):
+        async with self._cache.exclusive(f"lot:{lot_id}"):
             before = self._cache.peek(("lot", lot_id))
             prior = [before.derive("json", _json)] if before is not None else []
             return await self._write(lot_id, body, request, *prior)
@@ -358,20 +358,20 @@ class CatalogService:
             raise NotFound(f"Lot {lot_id} does not exist") from None
         finally:
             seen = [*lots, _json_or_empty(answer)] if answer is not None else list(lots)
-            self._invalidate_lot(lot_id, seen)
+            await self._invalidate_lot(lot_id, seen)
 
-    def _invalidate_lot(self, lot_id: int, lots: Sequence[dict[str, Any]]) -> None:
+    async def _invalidate_lot(self, lot_id: int, lots: Sequence[dict[str, Any]]) -> None:
         """The lot, every cached list that may hold it, and the catalogs it was or is in
         (their lot lists change if a drop-in PUT moved it). Event pages hold nothing of
         their own: they are rebuilt from these entries."""
-        self._cache.invalidate(("lot", lot_id))
-        self._cache.invalidate_kind("lot-list")
+        await self._cache.invalidate(("lot", lot_id))
+        await self._cache.invalidate_kind("lot-list")
         catalog_ids = {c.get("catalogId") for lot in lots for c in lot.get("catalogs") or []
                        if isinstance(c, dict)}
         if any(lot.get("catalogs") != lots[0].get("catalogs") for lot in lots[1:]):
             for catalog_id in catalog_ids:
-                self._cache.invalidate(("catalog", catalog_id))
-            self._cache.invalidate_kind("catalog-list")
+                await self._cache.invalidate(("catalog", catalog_id))
+            await self._cache.invalidate_kind("catalog-list")
 
     async def verify_operator(self, username: str, password: str) -> bool:
         """Whether the upstream identity endpoint accepts this operator's credentials."""

@@ -24,6 +24,7 @@ class ConfigError(ValueError):
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class CacheConfig:
     stale_while_revalidate_s: float = 60.0
     stale_if_error_s: float = 86400.0
     negative_ttl_s: float = 30.0
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,16 @@ def _validate(c: Config) -> None:
 
     need(1 <= c.server.port <= 65535, "server.port", "must be 1-65535")
     need(bool(c.server.host), "server.host", "must not be empty")
+    need(1 <= c.server.workers <= 64, "server.workers", "must be 1-64")
+    need(c.cache.backend in ("memory", "redis"), "cache.backend", "must be 'memory' or 'redis'")
+    need(
+        c.server.workers == 1 or c.cache.backend == "redis", "server.workers",
+        f"{c.server.workers} workers need cache.backend = \"redis\": with the in-memory "
+        "cache each worker would keep its own copy, and after an override saved through one "
+        "worker the others would go on serving the old lot",
+    )
+    need(c.cache.redis_url.startswith(("redis://", "rediss://", "unix://")), "cache.redis_url",
+         "must be a redis://, rediss:// or unix:// URL")
     need(c.upstream.mode in ("sandbox", "live"), "upstream.mode", "must be 'sandbox' or 'live'")
     for key in ("base_url", "identity_url"):
         url = getattr(c.upstream, key)

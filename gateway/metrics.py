@@ -65,6 +65,12 @@ class Metrics(CacheObserver):
     def watch_cache(self, cache: Cache) -> None:
         self.cache_entries.set_function(lambda: len(cache.store))
         self.cache_bytes.set_function(lambda: cache.store.bytes)
+        if cache.tier.shared:
+            redis_up = Gauge(
+                "gateway_redis_up", "1 while the shared Redis tier is reachable; 0 while the "
+                "gateway serves from its in-process cache only.", registry=self.registry,
+            )
+            redis_up.set_function(lambda: cache.tier.up)
 
     # CacheObserver
     def lookup(self, kind: str, result: Result) -> None:

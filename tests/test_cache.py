@@ -68,7 +68,7 @@ async def test_fetch_in_flight_when_invalidated_does_not_write_back() -> None:
     before = asyncio.create_task(cache.get(("lot", 1), up.fetch))
     await settle()
     up.body = b"v2"  # the upstream changes (a save) while the old read is in flight
-    cache.invalidate(("lot", 1))
+    await cache.invalidate(("lot", 1))
     after = asyncio.create_task(cache.get(("lot", 1), up.fetch))
     await settle()
     assert up.calls == 2, "a get after invalidate must not join the older fetch"
@@ -93,7 +93,7 @@ async def test_invalidated_fetch_finishing_last_does_not_overwrite_newer_value()
 
     old = asyncio.create_task(cache.get(("lot", 7), old_fetch))
     await settle()
-    cache.invalidate(("lot", 7))
+    await cache.invalidate(("lot", 7))
     new = asyncio.create_task(cache.get(("lot", 7), new_fetch))
     await settle()
     new_gate.set()
@@ -169,7 +169,7 @@ async def test_invalidate_kind_drops_every_key_of_that_kind_only() -> None:
     await cache.get(("lot-list", ("a",)), up.fetch)
     await cache.get(("lot-list", ("b",)), up.fetch)
     await cache.get(("lot", 1), up.fetch)
-    cache.invalidate_kind("lot-list")
+    await cache.invalidate_kind("lot-list")
     assert cache.peek(("lot-list", ("a",))) is None and cache.peek(("lot-list", ("b",))) is None
     assert cache.peek(("lot", 1)) is not None
 
@@ -182,7 +182,7 @@ async def test_etag_and_derived_values_follow_the_body() -> None:
     assert first.derive("n", lambda b: calls.append(b) or len(b)) == 2
     assert first.derive("n", lambda b: calls.append(b) or len(b)) == 2
     assert len(calls) == 1
-    cache.invalidate(("lot", 1))
+    await cache.invalidate(("lot", 1))
     up.body = b"v22"
     second = (await cache.get(("lot", 1), up.fetch)).entry
     assert second.etag != first.etag and second.derive("n", len) == 3

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from test_cli import ROOT, env, free_port, get, wait_until_up
+from gwtesting import env, free_port, get, wait_until_up
+from test_cli import ROOT
 
 CLI = [sys.executable, "-m", "gateway"]
 WORKERS = 20  # concurrent clients of the load

@@ -7,7 +7,12 @@ Each phase is one branch of get() and one `result` label of gateway_cache_lookup
              stale_if_error_s it is served only when a fetch fails with an error that
              `serve_stale_on` accepts (the upstream is down, not "no such lot").
 - coalesced: no usable entry, but a fetch for the key is running; await it.
+- shared:    no usable entry; another replica had fetched it: taken from the shared tier.
 - miss:      no usable entry and no fetch; start one (the only path that calls upstream).
+
+Behind the in-process store sits a tier (shared.py): nothing for one process, Redis for
+many. An entry is served only while its generation is the key's current one, so a save on
+any replica outdates every copy at once.
 
 Errors raised by a fetch reach every caller of that fetch and are stored only when
 `negative_ttl` says so (an upstream 404, briefly), never served stale.
@@ -15,13 +20,17 @@ Errors raised by a fetch reach every caller of that fetch and are stored only wh
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.cache.flight import SingleFlight
+from gateway.cache.shared import Generation, LocalTier, RedisTier
 from gateway.cache.store import Entry, Key, LruStore
+
+Tier = LocalTier | RedisTier
 
 
 class Result(enum.StrEnum):
@@ -29,11 +38,12 @@ class Result(enum.StrEnum):
     STALE = "stale"
     MISS = "miss"
     COALESCED = "coalesced"
+    SHARED = "shared"
 
     @property
     def header(self) -> str:
         """The X-Cache value: a coalesced caller waited for upstream, like a miss."""
-        return {"hit": "HIT", "stale": "STALE"}.get(self.value, "MISS")
+        return {"hit": "HIT", "shared": "HIT", "stale": "STALE"}.get(self.value, "MISS")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,7 @@ class Cache:
         stale_if_error_s: float = 0.0,
         serve_stale_on: Callable[[BaseException], bool] = _never,
         negative_ttl: Callable[[BaseException], float | None] = _no_negative,
+        tier: Tier | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl_s = ttl_s
@@ -78,29 +89,39 @@ class Cache:
         self._sie_s = stale_if_error_s
         self._serve_stale_on = serve_stale_on
         self._negative_ttl = negative_ttl
-        self._flights: SingleFlight[Key, Entry] = SingleFlight()
+        self.tier = tier or LocalTier()
+        # Keyed by (key, generation): a caller never joins a fetch begun under an older
+        # generation of its key.
+        self._flights: SingleFlight[tuple[Key, Generation | None], Entry] = SingleFlight()
         self._observer = observer or CacheObserver()
         self._clock = clock
 
     async def get(self, key: Key, fetch: Callable[[], Awaitable[bytes]]) -> Lookup:
         """The entry for `key`, calling `fetch()` for its body only when needed."""
-        kind, now = key[0], self._clock()
+        kind = key[0]
+        generation = await self.tier.generation(key)
+        now = self._clock()
         entry = self.store.get(key)
-        if entry is not None and entry.fresh(now):
+        if entry is not None and generation is not None and entry.generation != generation:
+            self.store.pop(key)  # invalidated by a replica, or kept while Redis was away
+            entry = None
+        if entry is not None and self._fresh(entry, now, generation):
             self._observer.lookup(kind, Result.HIT)
             if entry.error is not None:
                 raise entry.error.with_traceback(None)
             return Lookup(entry, Result.HIT, now - entry.stored_at)
 
+        flight = (key, generation)
+        fetch_entry = self._fetcher(key, generation, fetch)
         usable = entry if entry is not None and entry.error is None else None
         if usable is not None and now < usable.expires_at + self._swr_s:
-            self._flights.start(key, self._fetcher(fetch), self._keeper(key))
+            self._flights.start(flight, fetch_entry, self._keeper(key))
             self._observer.lookup(kind, Result.STALE)
             return Lookup(usable, Result.STALE, now - usable.stored_at)
 
-        shared = self._flights.running(key)
+        shared = self._flights.running(flight)
         try:
-            fetched, shared = await self._flights.do(key, self._fetcher(fetch), self._keeper(key))
+            fetched, shared = await self._flights.do(flight, fetch_entry, self._keeper(key))
         except Exception as exc:
             # The last good answer stands in for a failing upstream -- unless the key was
             # invalidated meanwhile (then that answer is known to be out of date).
@@ -114,24 +135,34 @@ class Cache:
                 return Lookup(usable, Result.STALE, self._clock() - usable.stored_at)
             self._observer.lookup(kind, Result.COALESCED if shared else Result.MISS)
             raise
-        result = Result.COALESCED if shared else Result.MISS
+        result = (Result.COALESCED if shared
+                  else Result.SHARED if fetched.shared else Result.MISS)
         self._observer.lookup(kind, result)
         if fetched.error is not None:
             raise fetched.error.with_traceback(None)
-        return Lookup(fetched, result, 0.0)
+        return Lookup(fetched, result, self._clock() - fetched.stored_at)
 
-    def _fetcher(self, fetch: Callable[[], Awaitable[bytes]]) -> Callable[[], Awaitable[Entry]]:
+    def _fresh(self, entry: Entry, now: float, generation: Generation | None) -> bool:
+        if generation is None:  # the shared tier cannot vouch for it: only young entries
+            return entry.fresh(now) and now - entry.stored_at < self.tier.degraded_ttl_s
+        return entry.fresh(now)
+
+    def _fetcher(
+        self, key: Key, generation: Generation | None, fetch: Callable[[], Awaitable[bytes]]
+    ) -> Callable[[], Awaitable[Entry]]:
         async def fetch_entry() -> Entry:
             try:
-                body = await fetch()
+                fetched = await self.tier.fetch(key, generation, fetch)
             except Exception as exc:
                 remember = self._negative_ttl(exc)
                 if not remember:
                     raise
                 now = self._clock()
-                return Entry(b"", stored_at=now, expires_at=now + remember, error=exc)
-            now = self._clock()
-            return Entry(body=body, stored_at=now, expires_at=now + self.ttl_s)
+                return Entry(b"", stored_at=now, expires_at=now + remember, error=exc,
+                             generation=generation)
+            stored_at = self._clock() - fetched.age_s
+            return Entry(fetched.body, stored_at=stored_at, expires_at=stored_at + self.ttl_s,
+                         generation=generation, shared=fetched.shared)
 
         return fetch_entry
 
@@ -145,24 +176,57 @@ class Cache:
             return None
         return entry
 
-    def invalidate(self, key: Key) -> None:
-        """Drop `key` now. A fetch already running for it will not store its result.
+    async def invalidate(self, key: Key) -> None:
+        """Drop `key` here and on every replica. A fetch already running for it will not
+        store its result.
 
-        After this returns, every `get(key)` starts from upstream: it cannot be handed the
-        dropped entry (fresh or stale), nor join a fetch that began before the
-        invalidation.
+        After this returns, every `get(key)` on any replica starts from upstream: it cannot
+        be handed the dropped entry (fresh or stale), nor join a fetch that began before.
         """
+        self.drop(key)
+        await self.tier.invalidate(key)
+        self.drop(key)  # and whatever a local reader fetched while the tier was told
+
+    async def invalidate_kind(self, kind: str) -> None:
+        """Invalidate every key of one kind (e.g. all cached list pages), everywhere."""
+        self.drop_kind(kind)
+        await self.tier.invalidate_kind(kind)
+        self.drop_kind(kind)
+
+    def drop(self, key: Key) -> None:
+        """This process only: forget the entry and detach any fetch of it."""
         self.store.pop(key)
-        self._flights.forget(key)
+        for flight in self._flights.keys():
+            if flight[0] == key:
+                self._flights.forget(flight)
         self._observer.invalidated(key[0])
 
-    def invalidate_kind(self, kind: str) -> None:
-        """Invalidate every key of one kind (e.g. all cached list pages)."""
+    def drop_kind(self, kind: str) -> None:
         for key in list(self.store.keys(kind)):
-            self.invalidate(key)
-        for key in self._flights.keys():
-            if key[0] == kind:
-                self.invalidate(key)
+            self.drop(key)
+        for flight in self._flights.keys():
+            if flight[0][0] == kind:
+                self.drop(flight[0])
 
-    def close(self) -> None:
+    def on_shared_invalidation(self, kind: str, key: Key | None) -> None:
+        """From the tier: another replica invalidated `key` (or a whole kind; "*": all)."""
+        if key is not None:
+            self.drop(key)
+        elif kind == "*":
+            for k in list(self.store.keys()):
+                self.store.pop(k)
+        else:
+            self.drop_kind(kind)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """Held by one task at a time across every replica sharing this cache's tier."""
+        async with self.tier.exclusive(name):
+            yield
+
+    async def start(self) -> None:
+        await self.tier.start(self.on_shared_invalidation)
+
+    async def close(self) -> None:
         self._flights.cancel_all()
+        await self.tier.close()

@@ -1,0 +1,98 @@
+"""`server.workers = N`: N gateway processes accepting on one port (SO_REUSEPORT).
+
+The parent only supervises: it starts the workers (and, in sandbox mode, one shared
+sandbox process they all use, so every worker sees the same upstream data), forwards
+SIGTERM/SIGINT to them and exits when they have. The workers share the Redis tier;
+config validation refuses N > 1 with the in-memory cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from gateway.config import Config, Credentials
+
+log = logging.getLogger(__name__)
+
+
+def serve_workers(config: Config, make_app: Callable[[Config], web.Application]) -> int:
+    ctx = multiprocessing.get_context("fork")
+    children: list[multiprocessing.process.BaseProcess] = []
+    if config.upstream.mode == "sandbox":
+        config, sandbox = _shared_sandbox(config, ctx)
+        children.append(sandbox)
+
+    def run(worker_config: Config) -> None:
+        web.run_app(make_app(worker_config), host=worker_config.server.host,
+                    port=worker_config.server.port, reuse_port=True, access_log=None,
+                    shutdown_timeout=10.0, print=None)
+
+    workers = [ctx.Process(target=run, args=(config,), name=f"worker-{n}", daemon=False)
+               for n in range(config.server.workers)]
+    for worker in workers:
+        worker.start()
+    children[:0] = workers
+    log.info("%d workers serving http://%s:%d", len(workers), config.server.host,
+             config.server.port)
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                signal_child(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for worker in workers:
+        worker.join()
+    forward(signal.SIGTERM, None)  # the sandbox, once the workers are gone
+    for child in children:
+        child.join()
+    return 0 if all(w.exitcode == 0 for w in workers) else 1
+
+
+def signal_child(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _shared_sandbox(config: Config, ctx) -> tuple[Config, multiprocessing.process.BaseProcess]:
+    from gateway.upstream.sandbox import DEMO_ACCOUNTS, main_sandbox
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sb = config.sandbox
+    process = ctx.Process(target=main_sandbox, name="sandbox", kwargs={
+        "port": port, "latency_ms": sb.latency_ms, "jitter_ms": sb.jitter_ms, "seed": sb.seed,
+    })
+    process.start()
+    url = f"http://127.0.0.1:{port}"
+    _wait_for_port(port)
+    creds = config.credentials
+    if not creds.complete:
+        creds = Credentials("gateway", DEMO_ACCOUNTS["gateway"])
+    return config.replace(
+        upstream={"mode": "live", "base_url": url, "identity_url": url + "/connect/token"},
+        credentials=creds,
+    ), process
+
+
+def _wait_for_port(port: int, limit_s: float = 15.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the sandbox did not start on port {port}")
