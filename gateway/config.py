@@ -105,7 +105,7 @@ _SECTIONS: dict[str, type] = {
 }
 
 # Env names that look like overrides but are secrets with their own meaning.
-_NOT_OVERRIDES = {"GW_API_KEYS"}
+_NOT_OVERRIDES = {"GW_API_KEYS", "GW_SESSION_SECRET"}
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
