@@ -373,6 +373,13 @@ class CatalogService:
                 await self._cache.invalidate(("catalog", catalog_id))
             await self._cache.invalidate_kind("catalog-list")
 
+    async def revoke_session(self, session_id: str, ttl_s: float) -> None:
+        """End an operator session on every replica (until its cookie would expire)."""
+        await self._cache.revoke(f"session:{session_id}", ttl_s)
+
+    async def session_revoked(self, session_id: str) -> bool:
+        return await self._cache.revoked(f"session:{session_id}")
+
     async def verify_operator(self, username: str, password: str) -> bool:
         """Whether the upstream identity endpoint accepts this operator's credentials."""
         return await self._upstream.verify_operator(username, password)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import aiohttp
 import pytest
 from gwtesting import RedisServer, env, free_port, wait_until_up
 from test_cli import ROOT
+from yarl import URL
 
 CLI = [sys.executable, "-m", "gateway"]
 
@@ -221,3 +223,39 @@ def test_workers_with_the_memory_cache_refuse_to_start():
     assert result.returncode == 2
     assert "server.workers" in result.stderr and "redis" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_sign_out_on_one_replica_ends_the_session_on_the_other(redis):
+    started = Replicas(redis).start(GW_API_KEYS="ops:k-ops-123",
+                                    GW_SESSION_SECRET="s" * 40)
+    a, b = started.urls
+    token = re.compile(r'name="csrf_token" value="([^"]+)"')
+    try:
+        # One cookie jar per replica: the browser of an operator behind a load balancer.
+        jar = {"cookie_jar": aiohttp.CookieJar(unsafe=True)}  # unsafe: cookies for 127.0.0.1
+        async with aiohttp.ClientSession(**jar) as on_a, aiohttp.ClientSession(
+            cookie_jar=aiohttp.CookieJar(unsafe=True)
+        ) as on_b:
+            async with on_a.get(f"{a}/sign-in") as resp:
+                csrf = token.search(await resp.text()).group(1)
+            async with on_a.post(f"{a}/sign-in", data={"api_key": "k-ops-123",
+                                                      "csrf_token": csrf},
+                                 allow_redirects=False) as resp:
+                assert resp.status == 303
+                cookie = resp.cookies["gw_session"].value
+            on_b.cookie_jar.update_cookies({"gw_session": cookie}, response_url=yarl_url(b))
+            async with on_b.get(f"{b}/", allow_redirects=False) as resp:
+                assert resp.status == 200  # the session is good on b
+            async with on_a.get(f"{a}/") as resp:
+                csrf = token.search(await resp.text()).group(1)
+            async with on_a.post(f"{a}/sign-out", data={"csrf_token": csrf},
+                                 allow_redirects=False) as resp:
+                assert resp.status == 303
+            async with on_b.get(f"{b}/", allow_redirects=False) as resp:
+                assert resp.status == 303 and "/sign-in" in resp.headers["Location"]
+    finally:
+        started.stop()
+
+
+def yarl_url(url: str) -> URL:
+    return URL(url)

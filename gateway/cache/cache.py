@@ -224,6 +224,13 @@ class Cache:
         async with self.tier.exclusive(name):
             yield
 
+    async def revoke(self, name: str, ttl_s: float) -> None:
+        """Add `name` to the set of revoked names shared with every replica, for ttl_s."""
+        await self.tier.revoke(name, ttl_s)
+
+    async def revoked(self, name: str) -> bool:
+        return await self.tier.revoked(name)
+
     async def start(self) -> None:
         await self.tier.start(self.on_shared_invalidation)
 

@@ -9,6 +9,7 @@ A tier answers four questions for the in-process cache (L1):
   it, else from upstream, making sure one upstream call is made across all replicas.
 - invalidate(key) / invalidate_kind(kind): bump generations so every replica drops it.
 - exclusive(name): a lock held across replicas (one read-merge-write per lot).
+- revoke(name, ttl_s) / revoked(name): a set shared by replicas (signed-out sessions).
 
 LocalTier is the single-process tier: generation is constant, fetch calls upstream,
 exclusive is an in-process lock. RedisTier is the shared one.
@@ -49,6 +50,7 @@ class LocalTier:
 
     def __init__(self) -> None:
         self._locks = KeyedLocks()
+        self._revoked = Revoked()
 
     async def generation(self, key: Key) -> Generation | None:
         return 0
@@ -67,11 +69,32 @@ class LocalTier:
         async with self._locks.hold(name):
             yield
 
+    async def revoke(self, name: str, ttl_s: float) -> None:
+        self._revoked.add(name, ttl_s)
+
+    async def revoked(self, name: str) -> bool:
+        return name in self._revoked
+
     async def start(self, on_invalidate: Callable[[str, Key | None], None]) -> None:
         return None
 
     async def close(self) -> None:
         return None
+
+
+class Revoked:
+    """Names revoked until a deadline (signed-out sessions), kept in this process."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}  # name -> monotonic deadline
+
+    def add(self, name: str, ttl_s: float) -> None:
+        now = time.monotonic()
+        self._until = {n: t for n, t in self._until.items() if t > now}
+        self._until[name] = now + ttl_s
+
+    def __contains__(self, name: str) -> bool:
+        return self._until.get(name, 0.0) > time.monotonic()
 
 
 def key_text(key: Key) -> str:
@@ -144,6 +167,7 @@ class RedisTier:
         self._store_script = self._redis.register_script(_STORE_IF_CURRENT)
         self._release_script = self._redis.register_script(_RELEASE)
         self._local_locks = KeyedLocks()
+        self._local_revoked = Revoked()  # also kept here: they must hold through outages
         self._me = secrets.token_hex(6)  # this replica, to skip its own invalidations
         # Written only by _down() and _watch(); read by every operation.
         self.up = False
@@ -345,6 +369,29 @@ class RedisTier:
                 await pipe.execute()
         except self._errors as exc:
             self._down(exc)
+
+    # --- revocations ---------------------------------------------------------------------
+
+    async def revoke(self, name: str, ttl_s: float) -> None:
+        """Revoked on every replica until ttl_s from now (this one too, if Redis is away)."""
+        self._local_revoked.add(name, ttl_s)
+        if self.up:
+            try:
+                await self._redis.set(f"{self._p}revoked:{name}", b"1",
+                                      px=max(1, int(ttl_s * 1000)))
+            except self._errors as exc:
+                self._down(exc)
+
+    async def revoked(self, name: str) -> bool:
+        if name in self._local_revoked:
+            return True
+        if not self.up:
+            return False
+        try:
+            return bool(await self._redis.exists(f"{self._p}revoked:{name}"))
+        except self._errors as exc:
+            self._down(exc)
+            return False
 
     # --- locks ---------------------------------------------------------------------------
 
