@@ -32,11 +32,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from gwtesting import RedisServer, free_port
 
 from gateway import config as gwconfig
 from gateway.config import load_config
 from gateway.metrics import Metrics
+
+from gwtesting import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

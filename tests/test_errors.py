@@ -4,6 +4,7 @@ never a hang."""
 from __future__ import annotations
 
 import pytest
+
 from gwtesting import timed
 
 PROBLEM = "application/problem+json"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+
 from gwtesting import env, free_port, get, wait_until_up
 from test_cli import ROOT
 

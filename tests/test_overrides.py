@@ -9,10 +9,11 @@ import logging
 
 import pytest
 from ABConnect.api.models.catalog import LotDto
-from gwtesting import timed
 
 from gateway.config import parse_api_keys
 from gateway.overrides import FIELDS
+
+from gwtesting import timed
 
 PUT = "PUT /api/Lot/{id}"
 

@@ -14,9 +14,10 @@ from ABConnect.api.models.catalog import (
     SellerExpandedDto,
     SellerExpandedDtoPaginatedList,
 )
-from gwtesting import gather_timed, timed
 
 from gateway.app import TOKENS
+
+from gwtesting import gather_timed, timed
 
 LATENCY_MS = 250  # slow enough that round trips dominate, fast enough for the suite
 

@@ -13,9 +13,10 @@ import urllib.request
 
 import aiohttp
 import pytest
+from yarl import URL
+
 from gwtesting import RedisServer, env, free_port, wait_until_up
 from test_cli import ROOT
-from yarl import URL
 
 CLI = [sys.executable, "-m", "gateway"]
 

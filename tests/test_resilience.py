@@ -6,10 +6,11 @@ import asyncio
 import time
 
 import aiohttp
-from gwtesting import timed
 
 from gateway.app import CONFIG
 from gateway.upstream.breaker import State
+
+from gwtesting import timed
 
 # Short windows so the tests see expiry, breaker transitions and recovery in seconds.
 FAST_BREAKER = {"breaker_open_s": 0.5, "breaker_min_calls": 5, "retries": 1}

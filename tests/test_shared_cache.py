@@ -8,6 +8,7 @@ import pytest
 
 from gateway.cache import Cache, Result
 from gateway.cache.shared import RedisTier
+
 from gwtesting import RedisServer
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from browsertesting import CHROMIUM, CHROMIUM_ARGS
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from browsertesting import running_gateway
 
 pytest.importorskip("playwright.sync_api")

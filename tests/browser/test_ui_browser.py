@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browsertesting import ARTIFACTS, get, get_json, running_gateway, spinner_delay_ms
 
 from gateway.upstream.sandbox_data import HTML_LOT_ID, HTML_SNIPPET
+
+from browsertesting import ARTIFACTS, get, get_json, running_gateway, spinner_delay_ms
 
 pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import expect
