@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from gateway.cache import Lookup, etag_of
 from gateway.catalog import RESOURCES, CatalogService, LotBatch, View
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, Unauthorized
 from gateway.metrics import Metrics
+from gateway.openapi import openapi_json
 from gateway.overrides import MAX_BODY_BYTES, parse_changes
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey("readiness", Callable[[], Awaitable[str]])
 
 MAX_ID = 2**31 - 1
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 MAX_PAGE_SIZE = 100
 MAX_IDS = 100
 JSON = "application/json; charset=utf-8"
@@ -82,7 +85,8 @@ def _etags(header: str) -> set[str]:
 
 
 def parse_id(text: str, name: str = "id") -> int:
-    if not text.isdigit() or not 0 < int(text) <= MAX_ID:
+    # ASCII digits only: str.isdigit() also accepts "²" and "①", which int() refuses.
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_ID:
         raise BadRequest(f"{name} must be a positive integer, got {text[:40]!r}")
     return int(text)
 
@@ -91,10 +95,9 @@ def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -
     text = request.query.get(name)
     if text is None or text == "":
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {text[:40]!r}") from None
+    if not _INTEGER.fullmatch(text):  # int() would also take " 7", "1_0" and "١٠"
+        raise BadRequest(f"{name} must be an integer, got {text[:40]!r}")
+    value = int(text)
     if not lo <= value <= hi:
         raise BadRequest(f"{name} must be between {lo} and {hi}, got {value}")
     return value
@@ -270,3 +273,4 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
+    r.add_get("/openapi.json", openapi_json)

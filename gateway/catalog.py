@@ -325,7 +325,7 @@ class CatalogService:
         """The drop-in PUT /api/Lot/{id}: passed through, then the same invalidation."""
         try:
             request = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise BadRequest("the body must be a JSON UpdateLotRequest") from None
         if not isinstance(request, dict):
             raise BadRequest("the body must be a JSON UpdateLotRequest object")
@@ -366,8 +366,10 @@ class CatalogService:
         their own: they are rebuilt from these entries."""
         await self._cache.invalidate(("lot", lot_id))
         await self._cache.invalidate_kind("lot-list")
-        catalog_ids = {c.get("catalogId") for lot in lots for c in lot.get("catalogs") or []
-                       if isinstance(c, dict)}
+        # Tolerant: a drop-in PUT body is passed on unvalidated, so `catalogs` may be junk.
+        catalog_ids = {c.get("catalogId") for lot in lots
+                       for c in _list(lot.get("catalogs")) if isinstance(c, dict)
+                       and isinstance(c.get("catalogId"), int)}
         if any(lot.get("catalogs") != lots[0].get("catalogs") for lot in lots[1:]):
             for catalog_id in catalog_ids:
                 await self._cache.invalidate(("catalog", catalog_id))
@@ -403,6 +405,10 @@ def _outcome_of(exc: GatewayError) -> str:
 
 def _etags(header: str) -> set[str]:
     return {t.strip().removeprefix("W/") for t in header.split(",") if t.strip()}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _json_or_empty(body: bytes) -> dict[str, Any]:

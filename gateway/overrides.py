@@ -60,7 +60,7 @@ def parse_changes(body: bytes) -> dict[str, Any]:
         raise PayloadTooLarge(f"an override body is at most {MAX_BODY_BYTES} bytes")
     try:
         raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise BadRequest("the body must be a JSON object") from None
     if not isinstance(raw, dict):
         raise BadRequest("the body must be a JSON object of LotDataDto fields")
@@ -96,6 +96,8 @@ def _check(name: str, value: Any, kind: str, non_negative: bool) -> Any:
             raise Unprocessable(f"{name} must be a string or null")
         if len(value) > MAX_TEXT:
             raise Unprocessable(f"{name} is longer than {MAX_TEXT} characters")
+        if not value.isprintable() and any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise Unprocessable(f"{name} contains an unpaired UTF-16 surrogate")
         return value
     # Numbers: JSON numbers only; bool is an int in Python but not a number here.
     if isinstance(value, bool) or not isinstance(value, int | float):
