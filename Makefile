@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: install run test lint bench clean system-deps
+.PHONY: install run test lint bench bench-shared clean system-deps
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ test: install system-deps
 
 bench: install
 	$(BIN)/python benchmarks/event_page.py
+
+bench-shared: install system-deps
+	$(BIN)/python benchmarks/shared_tier.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
