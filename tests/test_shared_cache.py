@@ -9,7 +9,7 @@ import pytest
 from gateway.cache import Cache, Result
 from gateway.cache.shared import RedisTier
 
-from gwtesting import RedisServer
+from gwtesting import RedisServer, timed
 
 
 @pytest.fixture
@@ -150,3 +150,58 @@ async def test_redis_outage_degrades_then_recovers_by_itself(redis, replicas):
     await a.get(("lot", 7), up.fetch)
     assert (await b.get(("lot", 7), up.fetch)).result is Result.SHARED
     assert up.calls == calls + 1
+
+
+async def test_waiters_take_over_when_the_lease_holder_dies(redis):
+    """A replica that took the key's lease and never finished (crashed, hung) holds the
+    others up only until its lease runs out; then one of them fetches."""
+    caches = []
+    for _ in range(2):
+        tier = RedisTier(redis.url, ttl_s=60, keep_s=60, lease_s=0.4, prefix="lease:")
+        caches.append(Cache(ttl_s=60, max_bytes=10**6, tier=tier))
+        await caches[-1].start()
+    a, b = caches
+    try:
+        for _ in range(100):
+            if a.tier.up and b.tier.up:
+                break
+            await asyncio.sleep(0.02)
+        never = asyncio.Event()
+
+        async def hang() -> bytes:
+            await never.wait()
+            return b"never"
+
+        stuck = asyncio.create_task(a.get(("lot", 8), hang))
+        await asyncio.sleep(0.05)  # a holds the lease
+        up = Upstream(delay=0.0)
+        lookup, took = await timed(b.get(("lot", 8), up.fetch))
+        assert lookup.entry.body == b"v1" and up.calls == 1
+        assert 0.3 < took < 1.5, took  # waited for the lease, not for ever
+        stuck.cancel()
+    finally:
+        for cache in caches:
+            await cache.close()
+
+
+async def test_slow_redis_degrades_instead_of_stalling(redis, replicas):
+    a = await replicas()
+    up = Upstream(delay=0.0)
+    await a.get(("lot", 9), up.fetch)
+    # Block the Redis server for 2 s, as a slow or overloaded Redis would.
+    _, writer = await asyncio.open_connection("127.0.0.1", redis.port)
+    writer.write(b"DEBUG SLEEP 2\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    lookup, took = await timed(a.get(("lot", 10), up.fetch))
+    assert lookup.entry.body == b"v1"
+    assert took < 1.5, took  # one op timeout (0.5 s), then straight to upstream
+    assert not a.tier.up
+    lookup, took = await timed(a.get(("lot", 11), up.fetch))
+    assert took < 0.1  # degraded: Redis is not asked again until it answers pings
+    writer.close()
+    for _ in range(100):
+        if a.tier.up:
+            break
+        await asyncio.sleep(0.05)
+    assert a.tier.up
