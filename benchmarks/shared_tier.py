@@ -75,7 +75,8 @@ async def main(latency_ms: float) -> None:
             warm_memory = [await timed_get(mem + page.format(catalogs[0])) for _ in range(200)]
             print(f"warm 25-lot page: memory backend median "
                   f"{statistics.median(warm_memory) * 1000:.2f} ms, Redis backend median "
-                  f"{statistics.median(warm_redis) * 1000:.2f} ms (L1 + generation checks, batched)")
+                  f"{statistics.median(warm_redis) * 1000:.2f} ms "
+                  "(L1 + batched generation checks)")
             print(f"same page on replica B after A fetched it: {from_l2 * 1000:.1f} ms from "
                   f"Redis vs {cold_a * 1000:.0f} ms cold on A ({cold_a / from_l2:.0f}x)")
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.auth import CLIENT_NAME
-from gateway.cache import Lookup, etag_of
+from gateway.cache import Lookup, etag_of, etags_in
 from gateway.catalog import RESOURCES, CatalogService, LotBatch, View
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, Unauthorized
 from gateway.metrics import Metrics
@@ -48,7 +48,7 @@ def cached_response(
     headers = {"ETag": etag, "X-Cache": cache, "Cache-Control": "no-cache"}
     if age_s is not None and cache == "STALE":
         headers["Age"] = str(int(age_s))
-    if etag in _etags(request.headers.get("If-None-Match", "")):
+    if etag in etags_in(request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers=headers)
     return web.Response(body=body, headers={**headers, "Content-Type": JSON})
 
@@ -76,9 +76,6 @@ def problem(status: int, title: str, detail: str, headers: dict[str, str] | None
         headers={"Content-Type": PROBLEM, **(headers or {})},
     )
 
-
-def _etags(header: str) -> set[str]:
-    return {t.strip().removeprefix("W/") for t in header.split(",") if t.strip()}
 
 
 # --- parameters ----------------------------------------------------------------------------

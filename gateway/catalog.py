@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.cache import Cache, Key, Lookup, Result, etag_of
+from gateway.cache import Cache, Key, Lookup, Result, etag_of, etags_in
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -297,7 +297,7 @@ class CatalogService:
             # shared); saves to different lots run in parallel.
             async with self._cache.exclusive(f"lot:{lot_id}"):
                 current = await self._fresh_lot(lot_id)
-                if if_match and if_match.strip() != "*" and etag_of(current) not in _etags(
+                if if_match and if_match.strip() != "*" and etag_of(current) not in etags_in(
                     if_match
                 ):
                     raise PreconditionFailed(
@@ -402,9 +402,6 @@ def _outcome_of(exc: GatewayError) -> str:
         return "rejected"
     return "upstream_error"
 
-
-def _etags(header: str) -> set[str]:
-    return {t.strip().removeprefix("W/") for t in header.split(",") if t.strip()}
 
 
 def _list(value: Any) -> list[Any]:

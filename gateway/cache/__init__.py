@@ -4,6 +4,6 @@ It knows nothing of HTTP or of lots: keys are `(kind, ident)` tuples and values 
 """
 
 from gateway.cache.cache import Cache, Lookup, Result
-from gateway.cache.store import Entry, Key, LruStore, etag_of
+from gateway.cache.store import Entry, Key, LruStore, etag_of, etags_in
 
-__all__ = ["Cache", "Entry", "Key", "Lookup", "LruStore", "Result", "etag_of"]
+__all__ = ["Cache", "Entry", "Key", "Lookup", "LruStore", "Result", "etag_of", "etags_in"]

@@ -27,6 +27,11 @@ def etag_of(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
 
 
+def etags_in(header: str) -> set[str]:
+    """The tags listed in an If-None-Match / If-Match header (weak ones compared as strong)."""
+    return {t.strip().removeprefix("W/") for t in header.split(",") if t.strip()}
+
+
 @dataclass(slots=True, eq=False)
 class Entry:
     """One upstream answer. `body` is immutable and served as-is on every hit."""
