@@ -28,11 +28,12 @@ async def replicas(redis):
                          prefix="t:")
         cache = Cache(ttl_s=60, max_bytes=10**6, tier=tier)
         await cache.start()
-        for _ in range(50):
+        caches.append(cache)
+        for _ in range(250):
             if tier.up:
                 break
             await asyncio.sleep(0.02)
-        caches.append(cache)
+        assert tier.up, "the Redis tier did not come up"
         return cache
 
     yield make

@@ -310,7 +310,7 @@ class RedisTier:
                 token = secrets.token_hex(8)
                 if await self._redis.set(f"{self._p}lease:{text}", token, nx=True,
                                          px=self._lease_ms):
-                    return Fetched(await self._fill(key, text, generation, token, fetch))
+                    return await self._fill(key, text, generation, token, fetch)
                 waiter = self._wait_for(text)
                 found = await self._read(text, generation)  # it may have landed already
                 if found is not None:
@@ -332,15 +332,21 @@ class RedisTier:
 
     async def _fill(
         self, key: Key, text: str, generation: Generation, token: str, fetch: Fetch
-    ) -> bytes:
+    ) -> Fetched:
+        """Holding the key's lease: fetch from upstream, store, release, tell the waiters."""
         try:
+            # The previous holder may have stored it and released the lease between our
+            # read and our taking the lease: look once more before calling upstream.
+            found = await self._read(text, generation)
+            if found is not None:
+                return found
             body = await fetch()
             with contextlib.suppress(*self._errors):
                 await self._store_script(
                     keys=[*self._gen_keys(key), f"{self._p}val:{text}"],
                     args=[generation, repr(time.time()), body, self._keep_ms],
                 )
-            return body
+            return Fetched(body)
         finally:
             # Success or failure, the waiters must not sit out the whole lease.
             with contextlib.suppress(*self._errors):
