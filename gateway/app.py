@@ -103,6 +103,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
             keep_s=max(cc.stale_while_revalidate_s, cc.stale_if_error_s),
             # A lease must outlast the slowest upstream call it covers (all retries).
             lease_s=up.timeout_s * (up.retries + 1) + 2.0,
+            prefix=cc.redis_prefix,
         )
     cache = Cache(
         ttl_s=cc.ttl_s, max_bytes=cc.max_bytes, observer=metrics,

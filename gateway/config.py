@@ -51,6 +51,7 @@ class CacheConfig:
     negative_ttl_s: float = 30.0
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "gw:"
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,8 @@ def _validate(c: Config) -> None:
     )
     need(c.cache.redis_url.startswith(("redis://", "rediss://", "unix://")), "cache.redis_url",
          "must be a redis://, rediss:// or unix:// URL")
+    need(bool(c.cache.redis_prefix) and " " not in c.cache.redis_prefix, "cache.redis_prefix",
+         "must be non-empty, without spaces")
     need(c.upstream.mode in ("sandbox", "live"), "upstream.mode", "must be 'sandbox' or 'live'")
     for key in ("base_url", "identity_url"):
         url = getattr(c.upstream, key)

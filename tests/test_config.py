@@ -39,6 +39,8 @@ def test_env_overrides_any_key_with_its_type() -> None:
     ("", {"GW_CACHE_TTL": "1"}, "ttl"),
     ("", {"GW_CACHE_TTL_S": "soon"}, "GW_CACHE_TTL_S"),
     ("[upstream]\nmode = 'live'\n", {}, "ABCONNECT_USERNAME"),
+    ("[cache]\nredis_prefix = ''\n", {}, "cache.redis_prefix"),
+    ("[server]\nworkers = 2\n", {}, "server.workers"),
 ])
 def test_bad_config_names_the_key(tmp_path: Path, text: str, env: dict, names: str) -> None:
     path = tmp_path / "c.toml"

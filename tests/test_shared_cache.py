@@ -206,3 +206,24 @@ async def test_slow_redis_degrades_instead_of_stalling(redis, replicas):
             break
         await asyncio.sleep(0.05)
     assert a.tier.up
+
+
+async def test_environments_with_their_own_prefix_share_nothing(redis):
+    caches = [Cache(ttl_s=60, max_bytes=10**6,
+                    tier=RedisTier(redis.url, ttl_s=60, keep_s=60, lease_s=5, prefix=p))
+              for p in ("staging:", "prod:")]
+    try:
+        for cache in caches:
+            await cache.start()
+        for _ in range(250):
+            if all(c.tier.up for c in caches):
+                break
+            await asyncio.sleep(0.02)
+        staging, prod = caches
+        up = Upstream(delay=0.0)
+        await staging.get(("lot", 12), up.fetch)
+        assert (await prod.get(("lot", 12), up.fetch)).result is Result.MISS
+        assert up.calls == 2
+    finally:
+        for cache in caches:
+            await cache.close()
