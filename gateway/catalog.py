@@ -34,7 +34,7 @@ from gateway.errors import (
     UpstreamFailed,
     UpstreamUnavailable,
 )
-from gateway.overrides import Change, current_override, merge, update_request
+from gateway.overrides import Change, current_override, json_object, merge, update_request
 from gateway.upstream.client import Params, UpstreamClient
 
 log = logging.getLogger("gateway.overrides")
@@ -323,12 +323,7 @@ class CatalogService:
 
     async def put_lot(self, lot_id: int, body: bytes) -> bytes:
         """The drop-in PUT /api/Lot/{id}: passed through, then the same invalidation."""
-        try:
-            request = json.loads(body)
-        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            raise BadRequest("the body must be a JSON UpdateLotRequest") from None
-        if not isinstance(request, dict):
-            raise BadRequest("the body must be a JSON UpdateLotRequest object")
+        request = json_object(body, "a JSON UpdateLotRequest object")
         async with self._cache.exclusive(f"lot:{lot_id}"):
             before = self._cache.peek(("lot", lot_id))
             prior = [before.derive("json", _json)] if before is not None else []

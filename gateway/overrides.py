@@ -58,13 +58,18 @@ def parse_changes(body: bytes) -> dict[str, Any]:
     """The operator's JSON body -> {camelCase field: value or None}. 400 / 413 / 422."""
     if len(body) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"an override body is at most {MAX_BODY_BYTES} bytes")
+    return validate_changes(json_object(body, "a JSON object of LotDataDto fields"))
+
+
+def json_object(body: bytes, what: str) -> dict[str, Any]:
+    """A request body that must be a JSON object, else 400 saying it must be `what`."""
     try:
-        raw = json.loads(body)
+        value = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise BadRequest("the body must be a JSON object") from None
-    if not isinstance(raw, dict):
-        raise BadRequest("the body must be a JSON object of LotDataDto fields")
-    return validate_changes(raw)
+        raise BadRequest(f"the body must be {what}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"the body must be {what}")
+    return value
 
 
 def validate_changes(raw: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,8 @@ from aiohttp.test_utils import TestClient
 from gateway.app import SANDBOX_URL, TOKENS, create_app
 from gateway.config import Config
 from gateway.upstream.sandbox import SANDBOX, Sandbox
+
+from gwtesting import RedisServer
 
 
 @dataclass
@@ -77,3 +79,11 @@ async def start_gateway(aiohttp_client) -> StartGateway:
         return gw
 
     return start
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A real redis-server of this test's own, on a free loopback port."""
+    server = RedisServer().start()
+    yield server
+    server.stop()

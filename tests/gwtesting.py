@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def timed(awaitable: Awaitable[Any]) -> tuple[Any, float]:
@@ -51,6 +58,38 @@ def wait_until_up(url: str, proc: subprocess.Popen, limit_s: float = 20) -> None
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"{url} did not come up in {limit_s}s")
+
+
+@contextmanager
+def running_gateway(**extra_env: str) -> Iterator[str]:
+    """`catalog-gateway serve` on a free loopback port with config.toml and the given env;
+    yields its base URL once /readyz answers (the upstream token is in hand), stops it
+    with SIGTERM afterwards.
+
+    Its log goes to a file (a pipe nobody reads could fill up and stall the server) and is
+    shown if the process does not come up.
+    """
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(ROOT / "config.toml"),
+             "--port", str(port)],
+            env=env(**extra_env), stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            try:
+                wait_until_up(base + "/readyz", proc)
+            except AssertionError:
+                log.seek(0)
+                raise AssertionError(log.read().decode(errors="replace")) from None
+            yield base
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 class RedisServer:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
 import subprocess
@@ -185,7 +184,3 @@ def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path: Path):
         if proc.poll() is None:
             proc.kill()
     assert "Traceback" not in proc.stderr.read().decode()
-
-
-if os.environ.get("GW_SKIP_LOAD"):  # pragma: no cover - local convenience only
-    pytestmark = pytest.mark.skip("GW_SKIP_LOAD set")

@@ -70,13 +70,6 @@ class Replicas:
 
 
 @pytest.fixture
-def redis():
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def replicas(redis):
     started = Replicas(redis)
     yield started

@@ -9,14 +9,7 @@ import pytest
 from gateway.cache import Cache, Result
 from gateway.cache.shared import RedisTier
 
-from gwtesting import RedisServer, timed
-
-
-@pytest.fixture
-def redis():
-    server = RedisServer().start()
-    yield server
-    server.stop()
+from gwtesting import timed
 
 
 @pytest.fixture

@@ -8,11 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from browsertesting import running_gateway
-
-pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import expect
 
 API_KEY = "browser-test-key-6f1d"
 
@@ -21,15 +19,6 @@ API_KEY = "browser-test-key-6f1d"
 def base() -> Iterator[str]:
     with running_gateway(GW_API_KEYS=f"ops:{API_KEY}") as url:
         yield url
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(5000)
-    yield page
-    context.close()
 
 
 def sign_in(page: Any, username: str = "", password: str = "", api_key: str = "") -> None:

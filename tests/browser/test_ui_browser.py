@@ -9,13 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from gateway.upstream.sandbox_data import HTML_LOT_ID, HTML_SNIPPET
 
 from browsertesting import ARTIFACTS, get, get_json, running_gateway, spinner_delay_ms
-
-pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import expect
 
 BIG_EVENT, SELLER = 1001, 101
 SPINNER_LIMIT_MS = 100
@@ -28,15 +26,6 @@ def base() -> Iterator[str]:
         yield url
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "spinner-delays.json").write_text(json.dumps(DELAYS, indent=2))
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1600, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(5000)
-    yield page
-    context.close()
 
 
 def lot_rows(page: Any) -> Any:
