@@ -50,7 +50,7 @@ async def test_event_page_cold_is_two_round_trips_then_warm_is_milliseconds(star
         assert resp.status == 200 and resp.headers["X-Cache"] == "HIT"
         assert await resp.json() == page1
         warm.append(took)
-    assert statistics.median(warm) < 0.020, f"warm page took {warm}"
+    assert statistics.median(warm) < 0.100, f"warm page took {warm}"
     assert gw.calls("GET /api/Lot/{id}") == 50  # warm pages made no upstream call
 
 

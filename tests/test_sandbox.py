@@ -80,9 +80,10 @@ async def get_json(client, path, headers, status=200, **params):
 
 
 def test_data_shape():
-    started = time.perf_counter()
+    started = time.process_time()
     data = SandboxData(1, ANCHOR)
-    assert time.perf_counter() - started < 0.5
+    # Generous: start-up must not hang on data generation (about 0.3 s of CPU here).
+    assert time.process_time() - started < 5
     assert len(data.sellers) >= 10
     for seller_id in data.sellers:
         catalogs = [data.catalogs[c] for c in data.catalog_ids_for_seller(seller_id)]
@@ -149,7 +150,7 @@ def test_lot_answer_is_cheap():
     started = time.process_time()
     for _ in range(500):
         json.dumps(data.lot_dto(HTML_LOT_ID, "http://127.0.0.1:8080"), separators=(",", ":"))
-    assert (time.process_time() - started) / 500 < 0.001
+    assert (time.process_time() - started) / 500 < 0.005  # well under 0.1 ms here
 
 
 # ------------------------------------------------------------------------ routes
@@ -475,10 +476,10 @@ async def test_down_and_error_rate(client, sandbox, auth):
     assert resp.status == 503
     sandbox.down = False
 
-    sandbox.configure(error_rate=1.0, latency_ms=500)
+    sandbox.configure(error_rate=1.0, latency_ms=3000)
     started = time.perf_counter()
     await get_json(client, "/api/Lot/10001", auth, status=503)
-    assert time.perf_counter() - started < 0.3
+    assert time.perf_counter() - started < 1.5  # the injected error skips the latency
     sandbox.configure(error_rate=0.5, latency_ms=0)
     sandbox.error_rate = 1.0
     await login(client)  # error_rate only hits /api/*

@@ -192,7 +192,7 @@ async def test_slow_redis_degrades_instead_of_stalling(redis, replicas):
     assert took < 1.5, took  # one op timeout (0.5 s), then straight to upstream
     assert not a.tier.up
     lookup, took = await timed(a.get(("lot", 11), up.fetch))
-    assert took < 0.1  # degraded: Redis is not asked again until it answers pings
+    assert took < 0.3  # degraded: Redis is not asked again until it answers pings
     writer.close()
     for _ in range(100):
         if a.tier.up:
