@@ -1,7 +1,19 @@
-"""Configuration: config.toml, then GW_<SECTION>_<KEY> env overrides, then env secrets.
+"""Configuration, validated once at start-up: a bad value never gets as far as binding a socket.
 
-The result is a tree of frozen dataclasses validated once at start-up. A bad file never
-gets as far as binding a socket: `ConfigError` names the offending key.
+Sources, lowest precedence first:
+
+1. the defaults below (the same as the shipped config.toml, which documents every key);
+2. the TOML file given to `load_config` (None: defaults only);
+3. `GW_<SECTION>_<KEY>` environment overrides, for any key of [server], [upstream], [cache],
+   [sandbox], parsed to the key's type (bools: 1/true/yes/on, 0/false/no/off);
+4. secrets, only ever from the environment: ABCONNECT_USERNAME, ABCONNECT_PASSWORD,
+   ABC_CLIENT_ID, ABC_CLIENT_SECRET (`credentials`), GW_API_KEYS (`api_keys`) and
+   GW_SESSION_SECRET (`session_secret`; empty: a random one is drawn at start). Secrets stay
+   out of repr() and out of error messages.
+
+Anything wrong (unknown section or key, wrong type, bad value) raises `ConfigError`: one line
+naming the key as `section.key`, and the environment variable when the value came from one.
+`python -m gateway serve` prints it and exits 2.
 """
 
 from __future__ import annotations
@@ -10,92 +22,99 @@ import dataclasses
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.params import InvalidParam, parse_bool
+from gateway.upstream.identity import Credentials
+
+__all__ = [
+    "CacheConfig", "Config", "ConfigError", "Credentials", "SandboxConfig", "ServerConfig",
+    "UpstreamConfig", "is_loopback", "load_config", "parse_api_keys",
+]
 
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names the key."""
 
 
-@dataclass(frozen=True)
+def _prefixed(*prefixes: str, why: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not value.startswith(prefixes):
+            raise ValueError(why)
+        return value
+
+    return AfterValidator(check)
+
+
+def _no_spaces(value: str) -> str:
+    if not value or " " in value:
+        raise ValueError("must be non-empty, without spaces")
+    return value
+
+
+# A value from the file must have the key's type exactly: an int key refuses "8" and true, a
+# str key refuses 8, a bool key (Annotated[bool, Strict()]) would refuse 1. A strict float
+# still takes an int: `ttl_s = 600`. (Strict per field: a strict section would refuse a dict.)
+_Int = Annotated[int, Strict()]
+_Float = Annotated[float, Strict()]
+_Str = Annotated[str, Strict()]
+_NonNegative = Annotated[_Float, Field(ge=0)]
+_Positive = Annotated[_Float, Field(gt=0)]
+_HttpUrl = Annotated[_Str, _prefixed("http://", "https://", why="must be an http(s) URL")]
+
+# Sections are pydantic dataclasses: validated like models, and still plain dataclasses to
+# code that lists their fields (tests/test_deploy.py checks deployment files against them).
+_section = dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+
+
+@_section
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
+    host: Annotated[_Str, Field(min_length=1)] = "127.0.0.1"
+    port: Annotated[_Int, Field(ge=1, le=65535)] = 8080
+    workers: Annotated[_Int, Field(ge=1, le=64)] = 1
 
 
-@dataclass(frozen=True)
+@_section
 class UpstreamConfig:
     mode: Literal["sandbox", "live"] = "sandbox"
-    base_url: str = "https://catalog-api.abconnect.co"
-    identity_url: str = "https://login.abconnect.co/connect/token"
-    timeout_s: float = 10.0
-    max_concurrency: int = 32
-    retries: int = 2
-    queue_timeout_s: float = 5.0
-    breaker_window_s: float = 10.0
-    breaker_min_calls: int = 50
-    breaker_failure_ratio: float = 0.5
-    breaker_open_s: float = 5.0
+    base_url: _HttpUrl = "https://catalog-api.abconnect.co"
+    identity_url: _HttpUrl = "https://login.abconnect.co/connect/token"
+    timeout_s: _Positive = 10.0
+    max_concurrency: Annotated[_Int, Field(ge=1)] = 32
+    retries: Annotated[_Int, Field(ge=0, le=10)] = 2
+    queue_timeout_s: _Positive = 5.0
+    breaker_window_s: _Positive = 10.0
+    breaker_min_calls: Annotated[_Int, Field(ge=1)] = 50
+    breaker_failure_ratio: Annotated[_Float, Field(gt=0, le=1)] = 0.5
+    breaker_open_s: _Positive = 5.0
 
 
-@dataclass(frozen=True)
+@_section
 class CacheConfig:
-    ttl_s: float = 600.0
-    max_bytes: int = 256 * 1024 * 1024
-    stale_while_revalidate_s: float = 60.0
-    stale_if_error_s: float = 86400.0
-    negative_ttl_s: float = 30.0
+    ttl_s: _NonNegative = 600.0
+    max_bytes: Annotated[_Int, Field(ge=0)] = 256 * 1024 * 1024
+    stale_while_revalidate_s: _NonNegative = 60.0
+    stale_if_error_s: _NonNegative = 86400.0
+    negative_ttl_s: _NonNegative = 30.0
     backend: Literal["memory", "redis"] = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "gw:"
+    redis_url: Annotated[_Str, _prefixed(
+        "redis://", "rediss://", "unix://", why="must be a redis://, rediss:// or unix:// URL"
+    )] = "redis://127.0.0.1:6379/0"
+    redis_prefix: Annotated[_Str, AfterValidator(_no_spaces)] = "gw:"
 
 
-@dataclass(frozen=True)
+@_section
 class SandboxConfig:
-    latency_ms: float = 600.0
-    jitter_ms: float = 100.0
-    seed: int = 1
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """ABConnect identity credentials, only ever read from the environment."""
-
-    username: str = ""
-    password: str = ""
-    client_id: str = ""
-    client_secret: str = ""
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.username and self.password)
-
-
-@dataclass(frozen=True)
-class Config:
-    server: ServerConfig = field(default_factory=ServerConfig)
-    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
-    credentials: Credentials = field(default_factory=Credentials, repr=False)
-    # name -> key. Keys are secrets: repr=False keeps them out of logs.
-    api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
-
-    def replace(self, **sections: Any) -> Config:
-        """A copy with some keys of some sections changed: replace(sandbox={"seed": 2})."""
-        changed = {
-            name: dataclasses.replace(getattr(self, name), **values)
-            if name in _SECTIONS
-            else values
-            for name, values in sections.items()
-        }
-        new = dataclasses.replace(self, **changed)
-        _validate(new)
-        return new
+    latency_ms: _NonNegative = 600.0
+    jitter_ms: _NonNegative = 100.0
+    seed: _Int = 1
 
 
 _SECTIONS: dict[str, type] = {
@@ -105,50 +124,81 @@ _SECTIONS: dict[str, type] = {
     "sandbox": SandboxConfig,
 }
 
-# Env names that look like overrides but are secrets with their own meaning.
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    credentials: Credentials = Field(default_factory=lambda: Credentials("", ""), repr=False)
+    # name -> key. Names appear in logs; keys, like every secret here, never do.
+    api_keys: Mapping[str, str] = Field(default_factory=dict, repr=False)
+    session_secret: str = Field(default="", repr=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        **_: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only the values passed in. pydantic-settings would read os.environ itself, but
+        # load_config() takes an explicit env mapping (tests pass dicts), GW_* names have
+        # underscores on both sides of the section (GW_CACHE_TTL_S) and unknown GW_* names
+        # must be refused, not ignored. So load_config() reads the file and the mapping into
+        # init values, and Config() alone is the defaults whatever the environment holds.
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.server.workers > 1 and self.cache.backend != "redis":
+            raise ValueError(
+                f"server.workers: {self.server.workers} workers need cache.backend = "
+                "\"redis\": with the in-memory cache each worker would keep its own copy, and "
+                "after an override saved through one worker the others would go on serving "
+                "the old lot"
+            )
+        if self.upstream.mode == "live" and not self.credentials.complete:
+            raise ValueError(
+                "upstream.mode: live mode needs ABCONNECT_USERNAME and ABCONNECT_PASSWORD in "
+                "the environment"
+            )
+        return self
+
+    def replace(self, **changes: Any) -> Config:
+        """A validated copy with some keys of some sections changed, e.g.
+        replace(sandbox={"latency_ms": 0}); `credentials=` and `api_keys=` replace whole."""
+        values = dict(self)
+        for name, change in changes.items():
+            if name in _SECTIONS and isinstance(change, Mapping):
+                change = {**dataclasses.asdict(values[name]), **change}
+            values[name] = change
+        return _checked(lambda: type(self)(**values))
+
+
+# GW_* names that are secrets with their own meaning, not GW_<SECTION>_<KEY> overrides.
 _NOT_OVERRIDES = {"GW_API_KEYS", "GW_SESSION_SECRET"}
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read `path` (or only defaults when None), apply env overrides and secrets, validate."""
+    """Defaults, then the TOML file at `path`, then env overrides and secrets from `env`
+    (None: os.environ); validated. Raises ConfigError."""
     env = os.environ if env is None else env
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-
-    sections: dict[str, Any] = {}
-    for name, section in raw.items():
-        if name not in _SECTIONS:
-            raise ConfigError(f"unknown config section [{name}]")
-        if not isinstance(section, dict):
-            raise ConfigError(f"[{name}] must be a table")
-        sections[name] = _build(name, section, source="config")
-
-    for var, text in env.items():
-        if not var.startswith("GW_") or var in _NOT_OVERRIDES:
-            continue
-        section_name, key = _split_env_name(var)
-        current = dataclasses.asdict(sections.get(section_name, _SECTIONS[section_name]()))
-        current[key] = _parse_env(var, text, _field_type(section_name, key))
-        sections[section_name] = _build(section_name, current, source=var)
-
-    config = Config(
-        **sections,
-        credentials=Credentials(
+    values = _read_file(path)
+    overrides, origins = _read_overrides(env)
+    for name, keys in overrides.items():
+        values[name] = {**values.get(name, {}), **keys}
+    values |= {
+        "credentials": Credentials(
             username=env.get("ABCONNECT_USERNAME", ""),
             password=env.get("ABCONNECT_PASSWORD", ""),
             client_id=env.get("ABC_CLIENT_ID", ""),
             client_secret=env.get("ABC_CLIENT_SECRET", ""),
         ),
-        api_keys=parse_api_keys(env.get("GW_API_KEYS", "")),
-    )
-    _validate(config)
-    return config
+        "api_keys": parse_api_keys(env.get("GW_API_KEYS", "")),
+        "session_secret": env.get("GW_SESSION_SECRET", ""),
+    }
+    return _checked(lambda: Config(**values), origins)
 
 
 def parse_api_keys(text: str) -> dict[str, str]:
@@ -173,6 +223,7 @@ def parse_api_keys(text: str) -> dict[str, str]:
 
 
 def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:
@@ -181,29 +232,58 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _read_file(path: str | Path | None) -> dict[str, dict[str, Any]]:
+    if path is None:
+        return {}
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for name, table in raw.items():
+        # Checked here, not left to Config: its other fields are secrets, never read from a file.
+        if name not in _SECTIONS:
+            raise ConfigError(f"unknown config section [{name}]")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{name}] must be a table")
+    return raw
+
+
+def _read_overrides(
+    env: Mapping[str, str],
+) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], str]]:
+    """GW_<SECTION>_<KEY> values parsed to their key's type, and (section, key) -> env name."""
+    values: dict[str, dict[str, Any]] = {}
+    origins: dict[tuple[str, str], str] = {}
+    for var, text in env.items():
+        if not var.startswith("GW_") or var in _NOT_OVERRIDES:
+            continue
+        section, key = _split_env_name(var)
+        kind = _SECTIONS[section].__pydantic_fields__[key].annotation
+        values.setdefault(section, {})[key] = _parse_env(var, text, kind)
+        origins[(section, key)] = var
+    return values, origins
+
+
 def _split_env_name(var: str) -> tuple[str, str]:
     rest = var[len("GW_") :].lower()
-    for section in _SECTIONS:
+    for section, cls in _SECTIONS.items():
         if rest.startswith(section + "_"):
             key = rest[len(section) + 1 :]
-            names = {f.name for f in dataclasses.fields(_SECTIONS[section])}
-            if key in names:
+            if key in cls.__pydantic_fields__:
                 return section, key
             raise ConfigError(f"{var}: unknown key '{key}' in [{section}]")
     raise ConfigError(f"{var}: unknown section (expected GW_<SECTION>_<KEY>)")
 
 
-def _field_type(section: str, key: str) -> type:
-    return _TYPES[(section, key)]
-
-
-def _parse_env(var: str, text: str, kind: type) -> Any:
+def _parse_env(var: str, text: str, kind: Any) -> Any:
+    """`text` as a value of type `kind` (str for Literal choices, which Config checks)."""
     if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{var}: expected true or false, got {text!r}")
+        try:
+            return parse_bool(var, text)  # the same words a query parameter accepts
+        except InvalidParam:
+            raise ConfigError(f"{var}: expected true or false, got {text!r}") from None
     if kind in (int, float):
         try:
             return kind(text)
@@ -212,71 +292,31 @@ def _parse_env(var: str, text: str, kind: type) -> Any:
     return text
 
 
-def _build(section: str, values: dict[str, Any], source: str) -> Any:
-    cls = _SECTIONS[section]
-    out = {}
-    for key, value in values.items():
-        if (section, key) not in _TYPES:
-            raise ConfigError(f"{source}: unknown key '{key}' in [{section}]")
-        kind = _TYPES[(section, key)]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if type(value) is not kind:
-            raise ConfigError(
-                f"{source}: [{section}] {key} must be {kind.__name__}, got {value!r}"
-            )
-        out[key] = value
-    return cls(**out)
+def _checked(
+    build: Callable[[], Config], origins: Mapping[tuple[str, str], str] | None = None
+) -> Config:
+    """build(), with a pydantic ValidationError turned into a one-line ConfigError."""
+    try:
+        return build()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0], origins or {})) from None
 
 
-def _validate(c: Config) -> None:
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key}: {why}")
-
-    need(1 <= c.server.port <= 65535, "server.port", "must be 1-65535")
-    need(bool(c.server.host), "server.host", "must not be empty")
-    need(1 <= c.server.workers <= 64, "server.workers", "must be 1-64")
-    need(c.cache.backend in ("memory", "redis"), "cache.backend", "must be 'memory' or 'redis'")
-    need(
-        c.server.workers == 1 or c.cache.backend == "redis", "server.workers",
-        f"{c.server.workers} workers need cache.backend = \"redis\": with the in-memory "
-        "cache each worker would keep its own copy, and after an override saved through one "
-        "worker the others would go on serving the old lot",
-    )
-    need(c.cache.redis_url.startswith(("redis://", "rediss://", "unix://")), "cache.redis_url",
-         "must be a redis://, rediss:// or unix:// URL")
-    need(bool(c.cache.redis_prefix) and " " not in c.cache.redis_prefix, "cache.redis_prefix",
-         "must be non-empty, without spaces")
-    need(c.upstream.mode in ("sandbox", "live"), "upstream.mode", "must be 'sandbox' or 'live'")
-    for key in ("base_url", "identity_url"):
-        url = getattr(c.upstream, key)
-        need(url.startswith(("http://", "https://")), f"upstream.{key}", "must be an http(s) URL")
-    need(
-        c.upstream.mode != "live" or c.credentials.complete, "upstream.mode",
-        "live mode needs ABCONNECT_USERNAME and ABCONNECT_PASSWORD in the environment",
-    )
-    need(c.upstream.timeout_s > 0, "upstream.timeout_s", "must be > 0")
-    need(c.upstream.max_concurrency >= 1, "upstream.max_concurrency", "must be >= 1")
-    need(0 <= c.upstream.retries <= 10, "upstream.retries", "must be 0-10")
-    need(c.upstream.queue_timeout_s > 0, "upstream.queue_timeout_s", "must be > 0")
-    need(c.upstream.breaker_window_s > 0, "upstream.breaker_window_s", "must be > 0")
-    need(c.upstream.breaker_min_calls >= 1, "upstream.breaker_min_calls", "must be >= 1")
-    need(0 < c.upstream.breaker_failure_ratio <= 1, "upstream.breaker_failure_ratio",
-         "must be in (0, 1]")
-    need(c.upstream.breaker_open_s > 0, "upstream.breaker_open_s", "must be > 0")
-    need(c.cache.ttl_s >= 0, "cache.ttl_s", "must be >= 0")
-    for key in ("stale_while_revalidate_s", "stale_if_error_s", "negative_ttl_s"):
-        need(getattr(c.cache, key) >= 0, f"cache.{key}", "must be >= 0")
-    need(c.cache.max_bytes >= 0, "cache.max_bytes", "must be >= 0")
-    need(c.sandbox.latency_ms >= 0, "sandbox.latency_ms", "must be >= 0")
-    need(c.sandbox.jitter_ms >= 0, "sandbox.jitter_ms", "must be >= 0")
-
-
-_TYPES: dict[tuple[str, str], type] = {
-    (section, f.name): {"str": str, "int": int, "float": float, "bool": bool}.get(
-        str(f.type).split("[")[0].removeprefix("typing."), str
-    )
-    for section, cls in _SECTIONS.items()
-    for f in dataclasses.fields(cls)
-}
+def _describe(error: ErrorDetails, origins: Mapping[tuple[str, str], str]) -> str:
+    loc = tuple(str(part) for part in error["loc"])
+    reason = error.get("ctx", {}).get("error")  # the ValueError raised by our own checks
+    why = str(reason) if isinstance(reason, Exception) else error["msg"]
+    if not loc:  # from _consistent(): the message starts with the key
+        return why
+    name, *rest = loc
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        if not rest:
+            return f"unknown config section [{name}]"
+        return f"unknown key '{rest[-1]}' in [{name}]"
+    why = why[:1].lower() + why[1:]
+    if name not in _SECTIONS:  # a secret: never show the value
+        return f"{name}: {why}"
+    where = ".".join(loc)
+    if loc[:2] in origins:
+        where = f"{origins[loc[:2]]} ({where})"
+    return f"{where}: {why}, got {error['input']!r}"

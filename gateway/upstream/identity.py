@@ -22,11 +22,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class IdentityCredentials:
+class Credentials:
+    """ABConnect identity credentials (gateway.config reads them from the environment)."""
+
     username: str
     password: str
     client_id: str = ""
     client_secret: str = ""
+
+    @property
+    def complete(self) -> bool:
+        """Username and password both set: enough for the password grant."""
+        return bool(self.username and self.password)
 
 
 class IdentityRejected(UpstreamFailed):
@@ -34,7 +41,7 @@ class IdentityRejected(UpstreamFailed):
 
 
 async def password_grant(
-    session: aiohttp.ClientSession, identity_url: str, creds: IdentityCredentials,
+    session: aiohttp.ClientSession, identity_url: str, creds: Credentials,
     timeout_s: float,
 ) -> dict:
     """One password-grant call; the token JSON, or IdentityRejected / Upstream* errors."""
@@ -53,7 +60,7 @@ class TokenProvider:
         self,
         session: aiohttp.ClientSession,
         identity_url: str,
-        creds: IdentityCredentials,
+        creds: Credentials,
         *,
         timeout_s: float,
         on_call: Callable[[str], None] = lambda status: None,
@@ -84,7 +91,7 @@ class TokenProvider:
     async def check_password(self, username: str, password: str) -> bool:
         """True if the identity endpoint grants a token for these credentials (an
         operator signing in); False if it refuses them; Upstream* errors if unreachable."""
-        creds = IdentityCredentials(
+        creds = Credentials(
             username, password, self._creds.client_id, self._creds.client_secret
         )
         try:
@@ -171,3 +178,5 @@ async def _token_call(
         raise UpstreamUnavailable(f"identity endpoint unreachable: {exc}") from None
     except ValueError:
         raise UpstreamFailed("identity endpoint answered something that is not JSON") from None
+
+
