@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from gateway.cache import Cache, Result
+from gateway.cache.locks import KeyedLocks
 
 
 class FakeUpstream:
@@ -186,3 +187,25 @@ async def test_etag_and_derived_values_follow_the_body() -> None:
     up.body = b"v22"
     second = (await cache.get(("lot", 1), up.fetch)).entry
     assert second.etag != first.etag and second.derive("n", len) == 3
+
+
+async def test_keyed_locks_serialise_one_key_leave_others_free_and_clean_up() -> None:
+    locks, inside, overlaps, order = KeyedLocks(), {}, 0, []
+
+    async def work(key: str, n: int) -> None:
+        nonlocal overlaps
+        async with locks.hold(key):
+            inside[key] = inside.get(key, 0) + 1
+            overlaps += inside[key] > 1
+            order.append((key, n))
+            await asyncio.sleep(0.01)
+            inside[key] -= 1
+
+    tasks = [asyncio.create_task(work(key, n)) for n in range(3) for key in ("a", "b")]
+    await settle()
+    assert order == [("a", 0), ("b", 0)]  # different keys do not wait for each other
+    assert len(locks) == 2
+    await asyncio.gather(*tasks)
+    assert overlaps == 0
+    assert [n for key, n in order if key == "a"] == [0, 1, 2]  # in arrival order
+    assert len(locks) == 0  # nothing kept for keys nobody holds

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
-from gateway.cache import Cache, Result
-from gateway.cache.shared import RedisTier
+from gateway.cache import Cache, RedisTier, Result
 
 from gwtesting import timed
 
@@ -36,7 +36,7 @@ async def replicas(redis):
 
 def deaf(cache: Cache) -> None:
     """Hold back the pub/sub invalidations for this replica, as if they were late."""
-    cache.tier._on_invalidate = lambda kind, key: None
+    cache.tier._listener.on_invalidate = lambda kind, key: None
 
 
 class Upstream:
@@ -220,3 +220,113 @@ async def test_environments_with_their_own_prefix_share_nothing(redis):
     finally:
         for cache in caches:
             await cache.close()
+
+
+async def test_a_malformed_message_is_logged_and_skipped_and_the_listener_goes_on(
+    redis, replicas, caplog
+):
+    import redis.asyncio as aioredis
+
+    a, b = await replicas(), await replicas()
+    up = Upstream(delay=0.0)
+    await b.get(("lot", 13), up.fetch)
+    raw = aioredis.Redis.from_url(redis.url)
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.cache.listener"):
+            for junk in (b"\xff\xfe", b"inv", b"inv other lot|not-json",
+                         b'inv other lot|{"an":"object"}', b"inv other lot|" + b"x" * 5000,
+                         b"newverb from a newer replica"):
+                await raw.publish("t:events", junk)
+            await a.invalidate(("lot", 13))  # a good message, after the bad ones
+            for _ in range(100):
+                if b.peek(("lot", 13)) is None:
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await raw.aclose()
+    assert b.peek(("lot", 13)) is None, "the invalidation after the junk did not arrive"
+    assert b.tier.up
+    skipped = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(skipped) == 2 * 5  # each junk message, on each replica; the new verb ignored
+    assert all(r.levelno == logging.WARNING for r in skipped)
+    assert all(len(r.getMessage()) < 400 for r in skipped)  # the text is shortened
+    assert any("b'\\xff\\xfe'" in r.getMessage() for r in skipped)  # and repr()'d
+
+
+async def test_a_dead_lock_holder_holds_others_up_only_until_its_lease_runs_out(redis):
+    """exclusive() locks are leases like fetches: `t:lock:<name>` held by a replica that
+    died is taken over once it expires."""
+    import redis.asyncio as aioredis
+
+    cache = Cache(ttl_s=60, max_bytes=10**6,
+                  tier=RedisTier(redis.url, ttl_s=60, keep_s=60, lease_s=5, prefix="t:"))
+    raw = aioredis.Redis.from_url(redis.url)
+    try:
+        await cache.start()
+        for _ in range(250):
+            if cache.tier.up:
+                break
+            await asyncio.sleep(0.02)
+        await raw.set("t:lock:lot:14", "a-dead-replica", px=400)
+
+        async def enter() -> None:
+            async with cache.exclusive("lot:14"):
+                pass
+
+        _, took = await timed(enter())
+        assert 0.3 < took < 1.5, took
+    finally:
+        await raw.aclose()
+        await cache.close()
+
+
+async def test_waiters_fall_back_to_upstream_when_redis_goes_down(redis, replicas):
+    a, b = await replicas(), await replicas()
+    never = asyncio.Event()
+
+    async def hang() -> bytes:
+        await never.wait()
+        return b"never"
+
+    stuck = asyncio.create_task(a.get(("lot", 15), hang))
+    await asyncio.sleep(0.05)  # a holds the key's lease (for 5 s)
+    waiting = asyncio.create_task(timed(b.get(("lot", 15), Upstream(delay=0.0).fetch)))
+    await asyncio.sleep(0.1)
+    redis.stop()
+    lookup, took = await waiting
+    assert lookup.entry.body == b"v1"
+    assert took < 3.5, took  # woken by the outage, not by the lease running out
+    stuck.cancel()
+
+
+async def test_an_upstream_error_is_not_taken_for_redis_trouble(replicas):
+    a = await replicas()
+    calls = 0
+
+    async def refused() -> bytes:
+        nonlocal calls
+        calls += 1
+        raise ConnectionRefusedError("upstream refused")  # an OSError, like Redis's
+
+    with pytest.raises(ConnectionRefusedError):
+        await a.get(("lot", 16), refused)
+    assert calls == 1 and a.tier.up
+
+
+async def test_the_redis_layout_is_what_every_version_expects(redis, replicas):
+    """Replicas of mixed versions share one Redis during a deploy: keys and values stay."""
+    import redis.asyncio as aioredis
+
+    a = await replicas()
+    await a.get(("lot-list", ("x", 2)), Upstream(delay=0.0).fetch)
+    raw = aioredis.Redis.from_url(redis.url)
+    try:
+        value = await raw.hgetall('t:val:lot-list|["x",2]')
+        assert value[b"g"] == b"0:0" and value[b"b"] == b"v1" and float(value[b"t"]) > 0
+        await a.invalidate(("lot-list", ("x", 2)))
+        await a.invalidate_kind("lot-list")
+        assert await raw.get('t:gen:lot-list|["x",2]') == b"1"
+        assert await raw.get("t:kgen:lot-list") == b"1"
+        assert not await raw.exists('t:val:lot-list|["x",2]')
+    finally:
+        await raw.aclose()

@@ -7,12 +7,14 @@ Each phase is one branch of get() and one `result` label of gateway_cache_lookup
              stale_if_error_s it is served only when a fetch fails with an error that
              `serve_stale_on` accepts (the upstream is down, not "no such lot").
 - coalesced: no usable entry, but a fetch for the key is running; await it.
-- shared:    no usable entry; another replica had fetched it: taken from the shared tier.
+- shared:    no usable entry and no fetch here, but the tier held the body (another
+             replica had fetched it): taken from there, no upstream call.
 - miss:      no usable entry and no fetch; start one (the only path that calls upstream).
 
-Behind the in-process store sits a tier (shared.py): nothing for one process, Redis for
-many. An entry is served only while its generation is the key's current one, so a save on
-any replica outdates every copy at once.
+Behind the in-process store sits a tier (tier.py): LocalTier for one process, RedisTier
+for many. The cache depends only on the `Tier` protocol. An entry is served only while
+its generation is the key's current one, so a save on any replica outdates every copy at
+once.
 
 Errors raised by a fetch reach every caller of that fetch and are stored only when
 `negative_ttl` says so (an upstream 404, briefly), never served stale.
@@ -27,13 +29,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.cache.flight import SingleFlight
-from gateway.cache.shared import Generation, LocalTier, RedisTier
 from gateway.cache.store import Entry, Key, LruStore
-
-Tier = LocalTier | RedisTier
+from gateway.cache.tier import Generation, LocalTier, Tier
 
 
 class Result(enum.StrEnum):
+    """How a lookup was answered; the value is the `result` label of
+    gateway_cache_lookups_total, a documented contract (dashboards, alerts).
+
+    SHARED means "taken from the tier": the body was stored there by an earlier fetch,
+    usually another replica's, so no upstream call was made for it. It keeps the value
+    "shared" for the metric; in code the same fact is `Fetched.from_tier` and
+    `Entry.from_tier`.
+    """
+
     HIT = "hit"
     STALE = "stale"
     MISS = "miss"
@@ -89,7 +98,7 @@ class Cache:
         self._sie_s = stale_if_error_s
         self._serve_stale_on = serve_stale_on
         self._negative_ttl = negative_ttl
-        self.tier = tier or LocalTier()
+        self.tier: Tier = tier if tier is not None else LocalTier()
         # Keyed by (key, generation): a caller never joins a fetch begun under an older
         # generation of its key.
         self._flights: SingleFlight[tuple[Key, Generation | None], Entry] = SingleFlight()
@@ -119,9 +128,9 @@ class Cache:
             self._observer.lookup(kind, Result.STALE)
             return Lookup(usable, Result.STALE, now - usable.stored_at)
 
-        shared = self._flights.running(flight)
+        joined = self._flights.running(flight)
         try:
-            fetched, shared = await self._flights.do(flight, fetch_entry, self._keeper(key))
+            fetched, joined = await self._flights.do(flight, fetch_entry, self._keeper(key))
         except Exception as exc:
             # The last good answer stands in for a failing upstream -- unless the key was
             # invalidated meanwhile (then that answer is known to be out of date).
@@ -133,17 +142,17 @@ class Cache:
             ):
                 self._observer.lookup(kind, Result.STALE)
                 return Lookup(usable, Result.STALE, self._clock() - usable.stored_at)
-            self._observer.lookup(kind, Result.COALESCED if shared else Result.MISS)
+            self._observer.lookup(kind, Result.COALESCED if joined else Result.MISS)
             raise
-        result = (Result.COALESCED if shared
-                  else Result.SHARED if fetched.shared else Result.MISS)
+        result = (Result.COALESCED if joined
+                  else Result.SHARED if fetched.from_tier else Result.MISS)
         self._observer.lookup(kind, result)
         if fetched.error is not None:
             raise fetched.error.with_traceback(None)
         return Lookup(fetched, result, self._clock() - fetched.stored_at)
 
     def _fresh(self, entry: Entry, now: float, generation: Generation | None) -> bool:
-        if generation is None:  # the shared tier cannot vouch for it: only young entries
+        if generation is None:  # the tier cannot vouch for it: only young entries
             return entry.fresh(now) and now - entry.stored_at < self.tier.degraded_ttl_s
         return entry.fresh(now)
 
@@ -162,7 +171,7 @@ class Cache:
                              generation=generation)
             stored_at = self._clock() - fetched.age_s
             return Entry(fetched.body, stored_at=stored_at, expires_at=stored_at + self.ttl_s,
-                         generation=generation, shared=fetched.shared)
+                         generation=generation, from_tier=fetched.from_tier)
 
         return fetch_entry
 
@@ -208,7 +217,7 @@ class Cache:
             if flight[0][0] == kind:
                 self.drop(flight[0])
 
-    def on_shared_invalidation(self, kind: str, key: Key | None) -> None:
+    def on_tier_invalidation(self, kind: str, key: Key | None) -> None:
         """From the tier: another replica invalidated `key` (or a whole kind; "*": all)."""
         if key is not None:
             self.drop(key)
@@ -224,15 +233,8 @@ class Cache:
         async with self.tier.exclusive(name):
             yield
 
-    async def revoke(self, name: str, ttl_s: float) -> None:
-        """Add `name` to the set of revoked names shared with every replica, for ttl_s."""
-        await self.tier.revoke(name, ttl_s)
-
-    async def revoked(self, name: str) -> bool:
-        return await self.tier.revoked(name)
-
     async def start(self) -> None:
-        await self.tier.start(self.on_shared_invalidation)
+        await self.tier.start(self.on_tier_invalidation)
 
     async def close(self) -> None:
         self._flights.cancel_all()

@@ -52,10 +52,10 @@ class SingleFlight(Generic[K, V]):
     async def do(
         self, key: K, fn: Callable[[], Awaitable[V]], keep: Callable[[V], None]
     ) -> tuple[V, bool]:
-        """(value, shared): shared is True when this caller joined a call already running."""
-        shared = key in self._calls
+        """(value, joined): joined is True when this caller joined a call already running."""
+        joined = key in self._calls
         self.start(key, fn, keep)
-        return await asyncio.shield(self._calls[key].task), shared
+        return await asyncio.shield(self._calls[key].task), joined
 
     def start(self, key: K, fn: Callable[[], Awaitable[V]], keep: Callable[[V], None]) -> None:
         """Begin a call for `key` in the background unless one is running; nobody awaits

@@ -43,11 +43,11 @@ class Entry:
     # A remembered upstream error (a 404, for negative_ttl) instead of a body. Never
     # served stale: it only answers while fresh.
     error: BaseException | None = None
-    # The key's generation when this was fetched (see shared.py); served only while the
-    # tier still reports it. None: fetched while the shared tier was unreachable.
+    # The key's generation when this was fetched (see tier.py); served only while the
+    # tier still reports it. None: fetched while the tier was degraded.
     generation: Hashable = 0
-    # Found in the shared tier rather than fetched from upstream.
-    shared: bool = False
+    # Found stored in the tier rather than fetched from upstream (Result.SHARED).
+    from_tier: bool = False
     # Values computed from `body` at most once (parsed ids, ...); see derive().
     _derived: dict[str, Any] = field(default_factory=dict, repr=False)
 

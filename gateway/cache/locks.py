@@ -1,7 +1,11 @@
-"""Per-key mutual exclusion: one holder per key, different keys independent.
+"""Per-key mutual exclusion within one process: one holder per key, keys independent.
 
-Used to serialise read-merge-write saves of one lot. A key's lock exists only while
-someone holds or waits for it, so the table never grows with the number of lots touched.
+Contract:
+- `hold(key)` is an async context manager; while a task is inside it, every other task
+  entering `hold(key)` waits, in arrival order (asyncio.Lock is FIFO).
+- Different keys never wait for each other.
+- A key's lock exists only while someone holds or waits for it, so the table never grows
+  with the number of keys ever touched (`len()` counts the keys in use).
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from contextlib import asynccontextmanager
 
 class KeyedLocks:
     def __init__(self) -> None:
-        # key -> (lock, number of holders + waiters). Entries are created by the first
-        # caller for a key and removed by the last one to leave; all on the loop thread.
+        # key -> (lock, number of holders + waiters). Created by the first caller for a key
+        # and removed by the last one to leave; all on the loop thread, between awaits.
         self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
 
     def __len__(self) -> int:
