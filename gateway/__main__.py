@@ -31,10 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     if args.command == "sandbox":
-        from gateway.upstream.sandbox import main_sandbox
+        from gateway import embedded
 
-        main_sandbox(port=args.port, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms,
-                     seed=args.seed, host=args.host)
+        embedded.standalone(port=args.port, latency_ms=args.latency_ms,
+                            jitter_ms=args.jitter_ms, seed=args.seed, host=args.host)
         return 0
 
     try:

@@ -12,13 +12,12 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
-import time
 from collections.abc import Callable
 
 from aiohttp import web
 
-from gateway.config import Config, Credentials
+from gateway import embedded
+from gateway.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ def serve_workers(config: Config, make_app: Callable[[Config], web.Application])
     ctx = multiprocessing.get_context("fork")
     children: list[multiprocessing.process.BaseProcess] = []
     if config.upstream.mode == "sandbox":
-        config, sandbox = _shared_sandbox(config, ctx)
+        config, sandbox = embedded.in_child_process(config, ctx)
         children.append(sandbox)
 
     def run(worker_config: Config) -> None:
@@ -63,36 +62,3 @@ def signal_child(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _shared_sandbox(config: Config, ctx) -> tuple[Config, multiprocessing.process.BaseProcess]:
-    from gateway.upstream.sandbox import DEMO_ACCOUNTS, main_sandbox
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    sb = config.sandbox
-    process = ctx.Process(target=main_sandbox, name="sandbox", kwargs={
-        "port": port, "latency_ms": sb.latency_ms, "jitter_ms": sb.jitter_ms, "seed": sb.seed,
-    })
-    process.start()
-    url = f"http://127.0.0.1:{port}"
-    _wait_for_port(port)
-    creds = config.credentials
-    if not creds.complete:
-        creds = Credentials("gateway", DEMO_ACCOUNTS["gateway"])
-    return config.replace(
-        upstream={"mode": "live", "base_url": url, "identity_url": url + "/connect/token"},
-        credentials=creds,
-    ), process
-
-
-def _wait_for_port(port: int, limit_s: float = 15.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"the sandbox did not start on port {port}")

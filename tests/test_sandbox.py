@@ -20,14 +20,14 @@ from ABConnect.api.models.catalog import (
     UpdateLotRequest,
 )
 
-from gateway.upstream.sandbox import (
+from sandbox.data import HTML_LOT_ID, HTML_SNIPPET, SandboxData
+from sandbox.server import (
     DEMO_ACCOUNTS,
     SANDBOX,
     Sandbox,
     create_sandbox_app,
     start_sandbox,
 )
-from gateway.upstream.sandbox_data import HTML_LOT_ID, HTML_SNIPPET, SandboxData
 
 ANCHOR = datetime(2026, 3, 1, tzinfo=UTC)
 

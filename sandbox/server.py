@@ -35,12 +35,14 @@ from ABConnect.api.models.catalog import UpdateLotRequest
 from aiohttp import web
 from pydantic import ValidationError
 
-from .sandbox_data import HTML_LOT_ID, LOT_DATA_FIELDS, SandboxData
+from gateway.params import InvalidParam, parse_int
+from sandbox.data import HTML_LOT_ID, LOT_DATA_FIELDS, SandboxData
 
 __all__ = [
     "DEMO_ACCOUNTS",
     "HTML_LOT_ID",
     "SANDBOX",
+    "SERVICE_ACCOUNT",
     "Sandbox",
     "create_sandbox_app",
     "main_sandbox",
@@ -49,6 +51,8 @@ __all__ = [
 
 # The gateway's service account plus two demo operators.
 DEMO_ACCOUNTS: dict[str, str] = {"gateway": "sandbox", "alice": "alice-demo", "bob": "bob-demo"}
+# (username, password) a gateway signs in with when it is given no credentials of its own.
+SERVICE_ACCOUNT = ("gateway", DEMO_ACCOUNTS["gateway"])
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 10
@@ -330,10 +334,11 @@ class _Query:
 
 
 def _parse_int(raw: str, name: str) -> int:
+    """An int32 by the gateway's one integer rule, refused in ASP.NET's words."""
     try:
-        return int(raw)
-    except ValueError:
-        raise _BadRequest(f"The value '{raw}' is not valid for {name}.") from None
+        return parse_int(name, raw, -(2**31), 2**31 - 1)
+    except InvalidParam:
+        raise _BadRequest(f"The value {raw[:40]!r} is not valid for {name}.") from None
 
 
 def _path_id(request: web.Request, name: str = "id") -> int:
@@ -550,8 +555,8 @@ async def image(request: web.Request) -> web.Response:
 
 def _parse_int_or_none(raw: str) -> int | None:
     try:
-        return int(raw)
-    except ValueError:
+        return parse_int("id", raw, 0, 2**31 - 1)
+    except InvalidParam:
         return None
 
 
