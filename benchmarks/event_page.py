@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/event_page.py [--latency-ms 600] [--events 5]
 
-Starts the gateway on its embedded sandbox (fixed latency, no jitter) on a loopback port and
-reports:
+Starts a sandbox (fixed latency, no jitter) and the gateway in front of it on loopback ports,
+and reports:
 - one upstream round trip (direct GET to the sandbox, median), the unit of everything below;
 - cold 25-lot event page time, as a ratio of 2 round trips (the floor without batch reads);
 - page 2 of the same event (catalog cached), as a ratio of 1 round trip;
@@ -22,9 +22,11 @@ import time
 import aiohttp
 from aiohttp import web
 
-from gateway.app import SANDBOX_URL, TOKENS, create_app
+from gateway.app import create_app
 from gateway.config import Config
-from gateway.upstream.sandbox import SANDBOX
+from gateway.embedded import aimed_at
+from gateway.state import TOKENS
+from sandbox import start_sandbox
 
 
 async def timed(coro) -> float:
@@ -34,15 +36,14 @@ async def timed(coro) -> float:
 
 
 async def main(latency_ms: float, events: int) -> None:
-    config = Config().replace(sandbox={"latency_ms": latency_ms, "jitter_ms": 0})
-    app = create_app(config)
+    sb_runner, upstream, sandbox = await start_sandbox(latency_ms=latency_ms, jitter_ms=0)
+    app = create_app(aimed_at(Config(), upstream))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    sandbox, upstream = app[SANDBOX], app[SANDBOX_URL]
     token = await app[TOKENS].token()
     auth = {"Authorization": f"Bearer {token}"}
     data = sandbox.data
@@ -98,6 +99,7 @@ async def main(latency_ms: float, events: int) -> None:
               f"{sequential / statistics.median(cold):.1f}x faster, warm "
               f"{sequential / statistics.median(warm):.0f}x")
     await runner.cleanup()
+    await sb_runner.cleanup()
 
 
 async def _sequential_page(get, upstream: str, auth: dict, catalog_id: int) -> None:

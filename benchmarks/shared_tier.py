@@ -24,8 +24,9 @@ import aiohttp
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.config import Config, Credentials
-from gateway.upstream.sandbox import start_sandbox
+from gateway.config import Config
+from gateway.embedded import aimed_at
+from sandbox import start_sandbox
 
 
 def free_port() -> int:
@@ -49,8 +50,7 @@ async def main(latency_ms: float) -> None:
         stdout=subprocess.DEVNULL)
     await asyncio.sleep(0.3)
     sb_runner, sb_url, sandbox = await start_sandbox(latency_ms=latency_ms, jitter_ms=0)
-    base = Config(credentials=Credentials("gateway", "sandbox")).replace(
-        upstream={"mode": "live", "base_url": sb_url, "identity_url": sb_url + "/connect/token"})
+    base = aimed_at(Config(), sb_url)
     shared = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/0"}
     runners = []
     try:

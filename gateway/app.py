@@ -1,4 +1,5 @@
-"""create_app(config): wiring only. Every resource is opened and closed in one cleanup_ctx."""
+"""create_app(config): wiring only. Every middleware in order, every edge's routes, and one
+start-up context that opens (and closes) every resource the domain needs."""
 
 from __future__ import annotations
 
@@ -11,92 +12,79 @@ import aiohttp
 from aiohttp import web
 from async_lru import alru_cache
 
-from gateway.api import CATALOG, METRICS, READINESS, add_routes, problem_middleware
+import ui
+from gateway import api, embedded
 from gateway.auth import api_key_middleware
-from gateway.cache import Cache
-from gateway.cache.shared import RedisTier
-from gateway.catalog import CatalogService
+from gateway.cache import Cache, LocalTier, RedisTier
 from gateway.config import Config
 from gateway.errors import GatewayError, NotFound
 from gateway.metrics import Metrics, timing_middleware
+from gateway.reads import Reads
+from gateway.revocations import LocalRevocations, RedisRevocations
+from gateway.sessions import Cookies, OperatorSessions, signing_secret
+from gateway.state import (
+    CACHE,
+    CONFIG,
+    METRICS,
+    READINESS,
+    READS,
+    SESSIONS,
+    TOKENS,
+    WRITES,
+)
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.client import UpstreamClient
-from gateway.upstream.identity import IdentityCredentials, TokenProvider
-from gateway.upstream.sandbox import DEMO_ACCOUNTS, SANDBOX, start_sandbox
-from ui import setup_ui
+from gateway.upstream.identity import TokenProvider
+from gateway.writes import Writes
 
 log = logging.getLogger(__name__)
-
-CONFIG = web.AppKey("config", Config)
-CACHE = web.AppKey("cache", Cache)
-TOKENS = web.AppKey("tokens", TokenProvider)
-SANDBOX_URL = web.AppKey("sandbox_url", str)
-
-SANDBOX_SERVICE_ACCOUNT = "gateway"
 
 
 def create_app(config: Config) -> web.Application:
     metrics = Metrics()
-    app = web.Application(
-        middlewares=[
-            timing_middleware(metrics),
-            problem_middleware,
-            api_key_middleware(config.api_keys),
-        ],
-    )
+    app = web.Application(middlewares=[
+        timing_middleware(metrics),  # every request: gateway_http_requests_total
+        api.problem_middleware,  # any error that reaches it leaves as problem+json
+        api_key_middleware(config.api_keys),  # /api/*: a key when keys are configured
+    ])
     app[CONFIG] = config
     app[METRICS] = metrics
-    add_routes(app)
-    setup_ui(app)
-    app.cleanup_ctx.append(_upstream)
+    api.add_routes(app)
+    ui.add_routes(app)  # its own middlewares (HTML errors, sessions) wrap its routes only
+    app.cleanup_ctx.append(_services)
     return app
 
 
-async def _upstream(app: web.Application) -> AsyncIterator[None]:
+async def _services(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    up = config.upstream
-    base_url, identity_url = up.base_url, up.identity_url
-    creds = IdentityCredentials(
-        config.credentials.username, config.credentials.password,
-        config.credentials.client_id, config.credentials.client_secret,
-    )
-    sandbox_runner = None
-    if up.mode == "sandbox":
-        sb = config.sandbox
-        sandbox_runner, base_url, app[SANDBOX] = await start_sandbox(
-            latency_ms=sb.latency_ms, jitter_ms=sb.jitter_ms, seed=sb.seed
-        )
-        identity_url = base_url + "/connect/token"
-        app[SANDBOX_URL] = base_url
-        if not config.credentials.complete:
-            creds = IdentityCredentials(
-                SANDBOX_SERVICE_ACCOUNT, DEMO_ACCOUNTS[SANDBOX_SERVICE_ACCOUNT]
-            )
-        log.info("sandbox upstream on %s (latency %g±%g ms)", base_url, sb.latency_ms,
-                 sb.jitter_ms)
+    async with contextlib.AsyncExitStack() as stack:
+        if config.upstream.mode == "sandbox":
+            config = await stack.enter_async_context(embedded.in_process(config))
+        await stack.enter_async_context(_domain(app, config))
+        yield
 
-    metrics = app[METRICS]
+
+@contextlib.asynccontextmanager
+async def _domain(app: web.Application, config: Config) -> AsyncIterator[None]:
+    """Upstream session, token, client, cache and revocations; then the domain services."""
+    up, cc, metrics = config.upstream, config.cache, app[METRICS]
     session = aiohttp.ClientSession(
         # Room above the API cap for identity calls, which do not take an API slot.
         connector=aiohttp.TCPConnector(limit=up.max_concurrency + 4, ttl_dns_cache=300),
         raise_for_status=False,
     )
-    tokens = TokenProvider(
-        session, identity_url, creds, timeout_s=up.timeout_s,
-        on_call=lambda status: metrics.upstream_requests.labels("identity", status).inc(),
-    )
+    tokens = TokenProvider(session, up.identity_url, config.credentials,
+                           timeout_s=up.timeout_s, on_call=metrics.identity_answered)
     breaker = CircuitBreaker(
         window_s=up.breaker_window_s, min_calls=up.breaker_min_calls,
         failure_ratio=up.breaker_failure_ratio, open_s=up.breaker_open_s,
     )
     metrics.breaker_state.set_function(lambda: breaker.state)
     client = UpstreamClient(
-        session, base_url, tokens, metrics=metrics, max_concurrency=up.max_concurrency,
+        session, up.base_url, tokens, observer=metrics, max_concurrency=up.max_concurrency,
         timeout_s=up.timeout_s, retries=up.retries, queue_timeout_s=up.queue_timeout_s,
         breaker=breaker,
     )
-    cc = config.cache
-    tier = None
     if cc.backend == "redis":
         tier = RedisTier(
             cc.redis_url, ttl_s=cc.ttl_s,
@@ -105,6 +93,9 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
             lease_s=up.timeout_s * (up.retries + 1) + 2.0,
             prefix=cc.redis_prefix,
         )
+        revocations = RedisRevocations(cc.redis_url, prefix=cc.redis_prefix)
+    else:
+        tier, revocations = LocalTier(), LocalRevocations()
     cache = Cache(
         ttl_s=cc.ttl_s, max_bytes=cc.max_bytes, observer=metrics,
         stale_while_revalidate_s=cc.stale_while_revalidate_s,
@@ -118,8 +109,12 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     metrics.watch_cache(cache)
     app[CACHE] = cache
     app[TOKENS] = tokens
-    app[CATALOG] = CatalogService(
+    app[READS] = Reads(cache, client)
+    app[WRITES] = Writes(
         cache, client, on_override=lambda outcome: metrics.overrides.labels(outcome).inc()
+    )
+    app[SESSIONS] = OperatorSessions(
+        Cookies(signing_secret(config.session_secret)), revocations, tokens
     )
     app[READINESS] = alru_cache(maxsize=1, ttl=2.0)(tokens.token)
 
@@ -132,9 +127,8 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     finally:
         warm.cancel()
         await cache.close()
+        await revocations.close()
         await session.close()
-        if sandbox_runner is not None:
-            await sandbox_runner.cleanup()
 
 
 def _log_warm_failure(task: asyncio.Task) -> None:

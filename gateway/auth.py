@@ -13,8 +13,7 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 
 from gateway.errors import Unauthorized
-
-CLIENT_NAME = web.RequestKey("client_name", str)  # name of the API key presented
+from gateway.state import CLIENT_NAME
 
 
 def presented_key(request: web.Request) -> str | None:

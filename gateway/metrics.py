@@ -13,14 +13,17 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.cache import Cache, Result
-from gateway.cache.cache import CacheObserver
+from gateway.cache import Cache, CacheObserver, RedisTier, Result
+from gateway.upstream.client import UpstreamObserver
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0,
                     1.5, 2.5, 5.0, 10.0, 30.0)
 
 
-class Metrics(CacheObserver):
+class Metrics(CacheObserver, UpstreamObserver):
+    """Every collector of one app; the cache and the upstream client report through the
+    observer methods at the bottom, so neither imports prometheus_client."""
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.cache_lookups = Counter(
@@ -65,7 +68,7 @@ class Metrics(CacheObserver):
     def watch_cache(self, cache: Cache) -> None:
         self.cache_entries.set_function(lambda: len(cache.store))
         self.cache_bytes.set_function(lambda: cache.store.bytes)
-        if cache.tier.shared:
+        if isinstance(cache.tier, RedisTier):
             redis_up = Gauge(
                 "gateway_redis_up", "1 while the shared Redis tier is reachable; 0 while the "
                 "gateway serves from its in-process cache only.", registry=self.registry,
@@ -78,6 +81,18 @@ class Metrics(CacheObserver):
 
     def invalidated(self, kind: str) -> None:
         self.invalidations.labels(kind).inc()
+
+    # UpstreamObserver
+    def sent(self) -> None:
+        self.upstream_inflight.inc()
+
+    def answered(self, endpoint: str, status: str, seconds: float) -> None:
+        self.upstream_inflight.dec()
+        self.upstream_requests.labels(endpoint, status).inc()
+        self.upstream_seconds.labels(endpoint).observe(seconds)
+
+    def identity_answered(self, status: str) -> None:
+        self.upstream_requests.labels("identity", status).inc()
 
     def exposition(self) -> web.Response:
         resp = web.Response(body=generate_latest(self.registry))

@@ -1,10 +1,14 @@
-"""Fixtures: a real gateway on a loopback socket, its embedded sandbox upstream behind it."""
+"""Fixtures: a real gateway on a loopback socket, a sandbox upstream of its own behind it.
+
+The sandbox is started here, not by the gateway: the gateway runs in live mode against it,
+so the tests exercise the same code path a deployment does.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +17,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.app import SANDBOX_URL, TOKENS, create_app
+from gateway.app import create_app
 from gateway.config import Config
-from gateway.upstream.sandbox import SANDBOX, Sandbox
+from gateway.embedded import aimed_at
+from gateway.state import TOKENS
+from sandbox import Sandbox, start_sandbox
 
 from gwtesting import RedisServer
 
@@ -25,10 +31,7 @@ class Gateway:
     client: TestClient
     app: web.Application
     sandbox: Sandbox
-
-    @property
-    def upstream_url(self) -> str:
-        return self.app[SANDBOX_URL]
+    upstream_url: str
 
     def calls(self, route: str) -> int:
         return self.sandbox.calls[route]
@@ -62,23 +65,31 @@ StartGateway = Callable[..., Awaitable[Gateway]]
 
 
 @pytest.fixture
-async def start_gateway(aiohttp_client) -> StartGateway:
-    """start_gateway(latency_ms=0, **sections) -> a running Gateway with a warm token.
+async def start_gateway(aiohttp_client) -> AsyncIterator[StartGateway]:
+    """start_gateway(latency_ms=0, **sections) -> a running Gateway with a warm token,
+    in front of a sandbox of its own (seed, latency and jitter from the sandbox section).
 
     Sections are Config sections as dicts, e.g. upstream={"max_concurrency": 8}.
     """
+    runners: list[web.AppRunner] = []
 
     async def start(latency_ms: float = 0, jitter_ms: float = 0, **sections: Any) -> Gateway:
-        sandbox = {"latency_ms": latency_ms, "jitter_ms": jitter_ms, **sections.pop("sandbox", {})}
-        config = Config().replace(sandbox=sandbox, **sections)
+        sb = {"latency_ms": latency_ms, "jitter_ms": jitter_ms, **sections.pop("sandbox", {})}
+        runner, url, sandbox = await start_sandbox(
+            latency_ms=sb["latency_ms"], jitter_ms=sb["jitter_ms"], seed=sb.get("seed", 1)
+        )
+        runners.append(runner)
+        config = aimed_at(Config().replace(sandbox=sb, **sections), url)
         app = create_app(config)
         client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})
-        gw = Gateway(client, app, app[SANDBOX])
+        gw = Gateway(client, app, sandbox, url)
         await app[TOKENS].token()
         gw.sandbox.reset_stats()
         return gw
 
-    return start
+    yield start
+    for runner in runners:
+        await runner.cleanup()
 
 
 @pytest.fixture

@@ -125,3 +125,32 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(timeout=10)
             self.proc = None
+
+
+@contextmanager
+def running_sandbox(port: int) -> Iterator[str]:
+    """`catalog-gateway sandbox` (no latency) on `port`; yields its base URL."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "sandbox", "--port", str(port),
+             "--latency-ms", "0", "--jitter-ms", "0"],
+            env=env(), stdout=log, stderr=log, cwd=ROOT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                assert proc.poll() is None, "the sandbox exited"
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "the sandbox did not come up"
+                    time.sleep(0.05)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -15,7 +15,7 @@ from ABConnect.api.models.catalog import (
     SellerExpandedDtoPaginatedList,
 )
 
-from gateway.app import TOKENS
+from gateway.state import TOKENS
 
 from gwtesting import gather_timed, timed
 

@@ -7,7 +7,7 @@ import time
 
 import aiohttp
 
-from gateway.app import CONFIG
+from gateway.state import CONFIG, READS
 from gateway.upstream.breaker import State
 
 from gwtesting import timed
@@ -17,9 +17,7 @@ FAST_BREAKER = {"breaker_open_s": 0.5, "breaker_min_calls": 5, "retries": 1}
 
 
 def breaker_of(gw):
-    from gateway.api import CATALOG
-
-    return gw.app[CATALOG]._upstream.breaker
+    return gw.app[READS]._upstream.breaker
 
 
 async def warm(gw, paths: list[str]) -> None:

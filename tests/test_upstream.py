@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.app import TOKENS
+from gateway.state import TOKENS
 
 
 async def test_one_token_call_however_many_requests_need_it(start_gateway):

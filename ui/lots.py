@@ -13,14 +13,14 @@ typed so the validation message names the field and shows the value.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.catalog import EventPage, LotOutcome
+from gateway import params
 from gateway.errors import GatewayError, Unprocessable, UpstreamFailed
 from gateway.overrides import FIELDS, validate_changes
+from gateway.reads import EventPage, LotOutcome
 
 # Editable in the table, in column order, with their column headings.
 TABLE_FIELDS: dict[str, str] = {
@@ -32,7 +32,6 @@ TEXT_FIELDS: dict[str, str] = {
     "description": "Description", "notes": "Notes", "notedConditions": "Noted conditions",
 }
 UNITS = {"l": "in", "w": "in", "h": "in", "wgt": "lb", "value": "$"}
-_INT = re.compile(r"[+-]?\d+")
 
 
 @dataclass(frozen=True)
@@ -201,14 +200,14 @@ def _parse(text: str, kind: str) -> Any:
     text = text.strip()
     if not text:
         return None
-    if kind == "bool":
-        lowered = text.lower()
-        if lowered in ("true", "on", "yes", "1"):
-            return True
-        if lowered in ("false", "off", "no", "0"):
-            return False
+    if not text.isascii():  # int() and float() would read "١٠" as 10
         return text
-    if _INT.fullmatch(text):
+    if kind == "bool":
+        try:
+            return params.parse_bool(kind, text)
+        except params.InvalidParam:
+            return text
+    if params.INTEGER.fullmatch(text):
         return int(text)
     try:
         return float(text)

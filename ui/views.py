@@ -1,6 +1,6 @@
 """The operator screen: one page of three panels (sellers, events, lots) and their fragments.
 
-Every handler parses the view state, calls one CatalogService method, and renders one
+Every handler parses the view state, calls one domain method, and renders one
 template partial; the full page renders all three partials from the same state, so a deep
 link (/?seller=ID&event=ID&page=N) restores what a sequence of clicks produced. Failures are
 rendered as HTML into the panel that asked (never problem+json, never a traceback); a
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -21,19 +20,19 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import aiohttp_jinja2
 from aiohttp import web
 
-from gateway.api import CATALOG, MAX_PAGE_SIZE, parse_id
-from gateway.catalog import CatalogService
+from gateway import params
 from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.reads import MAX_PAGE_SIZE, Reads
+from gateway.routes import Handler
+from gateway.state import READS, WRITES
 from ui.lots import TABLE_FIELDS, LotsView, LotView, form_changes
-from ui.session import current, is_ui_path, page_context
+from ui.session import current, page_context
 
 log = logging.getLogger(__name__)
 
 SELLERS_PER_PAGE = 10
 EVENTS_PER_PAGE = 10
 PAGE_SIZES = (10, 25, 50, 100)
-MAX_QUERY = 200
-_DIGITS = re.compile(r"[0-9]{1,9}")
 CSP = ("default-src 'self'; img-src 'self' data: http: https:; script-src 'self'; "
        "style-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
        "form-action 'self'")
@@ -47,6 +46,18 @@ OWN: dict[str, tuple[str, ...]] = {
     "events": ("seller", "past", "epage"),
     "lots": ("event", "page"),
 }
+
+
+# The page URL's parameters, declared once (gateway/params.py rules and messages).
+Q = params.Text("q")
+SPAGE = params.Int("spage", fallback=1)
+SELLER = params.Id("seller")
+PAST = params.Bool("past")
+EPAGE = params.Int("epage", fallback=1)
+EVENT = params.Id("event")
+PAGE = params.Int("page", fallback=1)
+PAGE_SIZE = params.Int("page_size", hi=MAX_PAGE_SIZE, fallback=25)
+LOT_ID = params.PathId("id")
 
 
 @dataclass(frozen=True)
@@ -65,18 +76,10 @@ class ViewState:
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> ViewState:
         """400 naming the parameter for anything malformed or out of range."""
-        q = query.get("q", "")
-        if len(q) > MAX_QUERY:
-            raise BadRequest(f"q must be at most {MAX_QUERY} characters")
         return cls(
-            q=q,
-            spage=_int(query, "spage", 1, 10**6),
-            seller=parse_id(query["seller"], "seller") if query.get("seller") else None,
-            past=_bool(query, "past"),
-            epage=_int(query, "epage", 1, 10**6),
-            event=parse_id(query["event"], "event") if query.get("event") else None,
-            page=_int(query, "page", 1, 10**6),
-            page_size=_int(query, "page_size", 25, MAX_PAGE_SIZE),
+            q=Q.read(query), spage=SPAGE.read(query), seller=SELLER.read(query),
+            past=PAST.read(query), epage=EPAGE.read(query), event=EVENT.read(query),
+            page=PAGE.read(query), page_size=PAGE_SIZE.read(query),
         )
 
     @classmethod
@@ -117,24 +120,6 @@ def _with_query(path: str, pairs: list[tuple[str, Any]]) -> str:
     return f"{path}?{urlencode(pairs)}" if pairs else path
 
 
-def _int(query: Mapping[str, str], name: str, default: int, hi: int) -> int:
-    text = query.get(name, "")
-    if text == "":
-        return default
-    if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= hi:
-        raise BadRequest(f"{name} must be a whole number from 1 to {hi}, got {text[:40]!r}")
-    return int(text)
-
-
-def _bool(query: Mapping[str, str], name: str) -> bool:
-    text = query.get(name, "").lower()
-    if text in ("", "0", "false", "no", "off"):
-        return False
-    if text in ("1", "true", "yes", "on"):
-        return True
-    raise BadRequest(f"{name} must be true or false, got {text[:40]!r}")
-
-
 def render(
     request: web.Request, template: str, context: dict[str, Any], status: int = 200
 ) -> web.Response:
@@ -146,32 +131,32 @@ def render(
 # --- panels: one service call each; a failure is kept for the partial to show ------------
 
 
-async def sellers_panel(catalog: CatalogService, st: ViewState) -> dict[str, Any]:
+async def sellers_panel(reads: Reads, st: ViewState) -> dict[str, Any]:
     panel: dict[str, Any] = {"st": st, "error": None, "sellers": None}
     try:
-        panel["sellers"] = (await catalog.sellers(st.q, st.spage, SELLERS_PER_PAGE)).payload
+        panel["sellers"] = (await reads.sellers(st.q, st.spage, SELLERS_PER_PAGE)).payload
     except GatewayError as exc:
         panel["error"] = exc
     return panel
 
 
-async def events_panel(catalog: CatalogService, st: ViewState) -> dict[str, Any]:
+async def events_panel(reads: Reads, st: ViewState) -> dict[str, Any]:
     panel: dict[str, Any] = {"st": st, "error": None, "events": None}
     if st.seller is not None:
         try:
-            view = await catalog.seller_events(st.seller, st.past, st.epage, EVENTS_PER_PAGE)
+            view = await reads.seller_events(st.seller, st.past, st.epage, EVENTS_PER_PAGE)
             panel["events"] = view.payload
         except GatewayError as exc:
             panel["error"] = exc
     return panel
 
 
-async def lots_panel(catalog: CatalogService, st: ViewState) -> dict[str, Any]:
+async def lots_panel(reads: Reads, st: ViewState) -> dict[str, Any]:
     panel: dict[str, Any] = {"st": st, "error": None, "lots": None, "page_sizes": PAGE_SIZES}
     if st.event is not None:
         try:
             panel["lots"] = LotsView.from_page(
-                await catalog.event_page(st.event, st.page, st.page_size)
+                await reads.event_page(st.event, st.page, st.page_size)
             )
         except GatewayError as exc:
             panel["error"] = exc
@@ -198,9 +183,9 @@ def render_panel(
 async def page(request: web.Request) -> web.Response:
     """GET / : the three panels as the query says (a deep link, a reload, back/forward)."""
     st = ViewState.parse(request.query)
-    catalog = request.app[CATALOG]
+    reads = request.app[READS]
     sellers, events, lots = await asyncio.gather(
-        sellers_panel(catalog, st), events_panel(catalog, st), lots_panel(catalog, st)
+        sellers_panel(reads, st), events_panel(reads, st), lots_panel(reads, st)
     )
     return render(request, "page.html",
                   {"st": st, "sellers": sellers, "events": events, "lots": lots, "oob": False})
@@ -208,7 +193,7 @@ async def page(request: web.Request) -> web.Response:
 
 async def sellers_fragment(request: web.Request) -> web.Response:
     st = ViewState.for_panel(request, "sellers")
-    panel = await sellers_panel(request.app[CATALOG], st)
+    panel = await sellers_panel(request.app[READS], st)
     return render_panel(request, "_sellers.html", panel, history="Replace")  # not per keystroke
 
 
@@ -216,20 +201,20 @@ async def events_fragment(request: web.Request) -> web.Response:
     st = ViewState.for_panel(request, "events")
     if st.seller is None:
         raise BadRequest("seller is required")
-    return render_panel(request, "_events.html", await events_panel(request.app[CATALOG], st))
+    return render_panel(request, "_events.html", await events_panel(request.app[READS], st))
 
 
 async def lots_fragment(request: web.Request) -> web.Response:
     st = ViewState.for_panel(request, "lots")
     if st.event is None:
         raise BadRequest("event is required")
-    return render_panel(request, "_lots.html", await lots_panel(request.app[CATALOG], st))
+    return render_panel(request, "_lots.html", await lots_panel(request.app[READS], st))
 
 
 async def lot_dialog(request: web.Request) -> web.Response:
-    lot_id = parse_id(request.match_info["id"])
+    lot_id = LOT_ID.read(request.match_info)
     try:
-        lookup = await request.app[CATALOG].lot(lot_id)
+        lookup = await request.app[READS].lot(lot_id)
     except GatewayError as exc:
         return render(request, "_lot_dialog.html", {"error": exc, "lot": None}, exc.status)
     lot = LotView.from_body(lookup.entry.body)
@@ -238,10 +223,10 @@ async def lot_dialog(request: web.Request) -> web.Response:
 
 async def save_field(request: web.Request) -> web.Response:
     """POST /ui/lots/{id}/override with one field: the saved field, re-rendered."""
-    lot_id = parse_id(request.match_info["id"])
+    lot_id = LOT_ID.read(request.match_info)
     try:
         name, changes = form_changes(await request.post())
-        saved = await request.app[CATALOG].save_override(
+        saved = await request.app[WRITES].save_override(
             lot_id, changes, actor=current(request).actor
         )
     except GatewayError as exc:
@@ -249,6 +234,19 @@ async def save_field(request: web.Request) -> web.Response:
     lot = LotView.from_body(saved.body)
     template = "_field_cell.html" if name in TABLE_FIELDS else "_field_text.html"
     return render(request, template, {"lot": lot, "field": lot.fields[name], "saved": True})
+
+
+async def no_such_page(request: web.Request) -> web.Response:
+    """/ui/... that no route serves: 405 with Allow if the path exists for other methods."""
+    own = request.match_info.route.resource
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not own and resource.canonical.startswith("/ui/"):
+            match, methods = await resource.resolve(request)
+            allowed |= methods if match is None else set()
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+    raise NotFound("no such page")
 
 
 def refusal(exc: GatewayError) -> web.Response:
@@ -260,11 +258,8 @@ def refusal(exc: GatewayError) -> web.Response:
 # --- errors and headers --------------------------------------------------------------------
 
 
-@web.middleware
-async def ui_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
+async def with_html_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """UI answers are HTML (or text for refused writes), never stored, never framed."""
-    if not is_ui_path(request.path):
-        return await handler(request)
     try:
         response = await handler(request)
     except GatewayError as exc:
@@ -273,6 +268,8 @@ async def ui_middleware(request: web.Request, handler: Callable) -> web.StreamRe
         if exc.status < 400:
             raise
         response = error_response(request, _as_gateway_error(exc))
+        if "Allow" in exc.headers:  # a 405 says what the path does accept
+            response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error_response(request, GatewayError("unexpected error; see the gateway log"))
@@ -298,14 +295,3 @@ def _as_gateway_error(exc: web.HTTPException) -> GatewayError:
     error = NotFound("no such page") if exc.status == 404 else GatewayError(exc.reason)
     error.status, error.title = exc.status, exc.reason
     return error
-
-
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_get("/", page)
-    r.add_get("/ui/panels/sellers", sellers_fragment)
-    r.add_get("/ui/panels/events", events_fragment)
-    r.add_get("/ui/panels/lots", lots_fragment)
-    r.add_get("/ui/lots/{id}", lot_dialog)
-    r.add_post("/ui/lots/{id}/override", save_field)
-

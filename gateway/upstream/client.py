@@ -26,7 +26,6 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.metrics import Metrics
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.identity import TokenProvider
 
@@ -35,6 +34,18 @@ Params = Sequence[tuple[str, str]]
 _RETRYABLE_STATUS = {502, 503, 504}
 _BACKOFF_BASE_S = 0.05
 _BACKOFF_CAP_S = 2.0
+
+
+class UpstreamObserver:
+    """Hooks for metrics; this package stays free of any metrics library (as the cache).
+
+    `sent()` when a request leaves (it holds a slot), `answered()` when it is over: its
+    endpoint template, the HTTP status or "error", and how long it took.
+    """
+
+    def sent(self) -> None: ...
+
+    def answered(self, endpoint: str, status: str, seconds: float) -> None: ...
 
 
 class UpstreamBusy(UpstreamUnavailable):
@@ -48,7 +59,7 @@ class UpstreamClient:
         base_url: str,
         tokens: TokenProvider,
         *,
-        metrics: Metrics,
+        observer: UpstreamObserver | None = None,
         max_concurrency: int,
         timeout_s: float,
         retries: int,
@@ -58,7 +69,7 @@ class UpstreamClient:
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._tokens = tokens
-        self._metrics = metrics
+        self._observer = observer or UpstreamObserver()
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._timeout_s = timeout_s
         self._retries = retries
@@ -79,10 +90,6 @@ class UpstreamClient:
         answer was lost leaves the upstream exactly as one success would.
         """
         return await self._call("PUT", path, (), body, endpoint, self._retries)
-
-    async def verify_operator(self, username: str, password: str) -> bool:
-        """Whether the identity endpoint accepts these operator credentials."""
-        return await self._tokens.check_password(username, password)
 
     async def _call(
         self, method: str, path: str, params: Params, body: bytes | None, endpoint: str,
@@ -136,7 +143,7 @@ class UpstreamClient:
         except GatewayError:
             self._slots.release()
             raise
-        self._metrics.upstream_inflight.inc()
+        self._observer.sent()
         start = time.perf_counter()
         status = "error"
         failed: bool | None = True
@@ -155,9 +162,7 @@ class UpstreamClient:
         finally:
             self.breaker.record(failed)
             self._slots.release()
-            self._metrics.upstream_inflight.dec()
-            self._metrics.upstream_requests.labels(endpoint, status).inc()
-            self._metrics.upstream_seconds.labels(endpoint).observe(time.perf_counter() - start)
+            self._observer.answered(endpoint, status, time.perf_counter() - start)
 
 
 def _outcome(status: int, data: bytes, endpoint: str) -> bytes:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from gateway.upstream.sandbox_data import HTML_LOT_ID, HTML_SNIPPET
+from sandbox import HTML_LOT_ID, HTML_SNIPPET
 
 from browsertesting import ARTIFACTS, get, get_json, running_gateway, spinner_delay_ms
 

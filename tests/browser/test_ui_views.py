@@ -11,8 +11,9 @@ import re
 
 import pytest
 
-from gateway.upstream.sandbox_data import HTML_LOT_ID, HTML_SNIPPET
-from ui.session import COOKIE, Sessions
+from gateway.sessions import Cookies
+from sandbox import HTML_LOT_ID, HTML_SNIPPET
+from ui.session import COOKIE
 
 HTML = "text/html"
 BIG_EVENT, SELLER = 1001, 101  # seller 101's first upcoming event has 150 lots
@@ -344,28 +345,31 @@ async def test_next_after_sign_in_stays_on_this_site(start_gateway):
 
 def test_session_cookies_are_signed_expire_and_can_be_shared_by_secret():
     clock = [1000.0]
-    sessions = Sessions(b"s" * 32, clock=lambda: clock[0])
+    sessions = Cookies(b"s" * 32, clock=lambda: clock[0])
     session, cookie = sessions.issue("alice")
     assert sessions.read(cookie) == session
     payload, signature = cookie.split(".")
     assert sessions.read(payload + "." + signature[:-2] + "AA") is None
-    assert Sessions(b"t" * 32, clock=lambda: clock[0]).read(cookie) is None
-    assert Sessions(b"s" * 32, clock=lambda: clock[0]).read(cookie) == session
+    assert Cookies(b"t" * 32, clock=lambda: clock[0]).read(cookie) is None
+    assert Cookies(b"s" * 32, clock=lambda: clock[0]).read(cookie) == session
     assert sessions.csrf_ok(session, sessions.csrf_token(session))
     assert not sessions.csrf_ok(session, "x") and not sessions.csrf_ok(None, "x")
     clock[0] += 13 * 3600
     assert sessions.read(cookie) is None
 
 
-async def test_with_a_session_secret_another_gateway_accepts_the_session(
-    start_gateway, monkeypatch
-):
-    monkeypatch.setenv("GW_SESSION_SECRET", "a-long-shared-secret-for-two-replicas-0123")
-    one, two = await start_gateway(api_keys=KEYS), await start_gateway(api_keys=KEYS)
+async def test_with_a_session_secret_another_gateway_accepts_the_session(start_gateway):
+    shared = "a-long-shared-secret-for-two-replicas-0123"
+    one = await start_gateway(api_keys=KEYS, session_secret=shared)
+    two = await start_gateway(api_keys=KEYS, session_secret=shared)
+    other = await start_gateway(api_keys=KEYS, session_secret="another-secret-" + "x" * 32)
     cookie = (await sign_in(one.client, api_key=KEYS["ops"], next="/")).cookies[COOKIE].value
     resp = await two.client.get("/", headers={"Cookie": f"{COOKIE}={cookie}"},
                                 allow_redirects=False)
     assert resp.status == 200 and "Signed in as <strong>ops</strong>" in await resp.text()
+    resp = await other.client.get("/", headers={"Cookie": f"{COOKIE}={cookie}"},
+                                  allow_redirects=False)
+    assert resp.status == 303, "a gateway with another secret must not accept the cookie"
 
 
 async def test_forged_or_garbled_cookies_and_tokens_are_refused_not_errors(start_gateway):

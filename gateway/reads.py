@@ -1,8 +1,8 @@
-"""The domain: sellers, events (catalogs), lots, event pages.
+"""The cached read path: sellers, events (catalogs), lots, event pages.
 
-Every read goes through the cache; this module decides cache keys and how pages are
-assembled from cached upstream bodies. It never speaks HTTP to clients (the edges do) and
-never to the upstream except through UpstreamClient, inside a cache fetch.
+Every read goes through the cache; this module decides cache keys and which cached upstream
+bodies make up a page. It never speaks HTTP to clients (the edges turn what it returns into
+bytes) and never to the upstream except through UpstreamClient, inside a cache fetch.
 
 Event pages are not cached as a whole: a page is assembled on every request from the
 cached catalog and lot bodies (byte concatenation, well under a millisecond for 100 lots).
@@ -13,34 +13,23 @@ index of the pages that hold it; a page's ETag is derived from its parts' ETags.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.cache import Cache, Key, Lookup, Result, etag_of, etags_in
-from gateway.errors import (
-    BadRequest,
-    GatewayError,
-    NotFound,
-    PayloadTooLarge,
-    PreconditionFailed,
-    Unprocessable,
-    UpstreamFailed,
-    UpstreamUnavailable,
-)
-from gateway.overrides import Change, current_override, json_object, merge, update_request
+from gateway import keys
+from gateway.cache import Cache, Lookup, Result
+from gateway.errors import GatewayError, NotFound, UpstreamFailed
 from gateway.upstream.client import Params, UpstreamClient
-
-log = logging.getLogger("gateway.overrides")
 
 RESOURCES = ("Seller", "Catalog", "Lot")
 SELLER_PAGE = 100  # page size used to read the whole seller list for searching
+MAX_PAGE_SIZE = 100  # lots (or sellers, events) on one page: all fetched at once when cold
+MAX_IDS = 100  # lots in one batch read
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,23 +100,23 @@ class LotBatch:
         return [o.lot_id for o in self.lots
                 if o.lookup is not None and o.lookup.result is Result.STALE]
 
-    def parts(self) -> tuple[bytes, bytes]:
-        """(items JSON, errors and staleLotIds JSON members)."""
-        items = b"[" + b",".join(lk.entry.body for lk in self.lookups) + b"]"
-        errors = json.dumps([o.error_json() for o in self.lots if o.error is not None])
-        return items, f"{errors},\"staleLotIds\":{json.dumps(self.stale_ids)}".encode()
+    @property
+    def errors(self) -> list[LotOutcome]:
+        return [o for o in self.lots if o.error is not None]
 
-    def body(self) -> bytes:
-        items, errors = self.parts()
-        return b'{"items":' + items + b',"errors":' + errors + b"}"
+    @property
+    def parts(self) -> list[Lookup]:
+        """Every cached body the answer is made of (its ETag derives from theirs)."""
+        return self.lookups
 
     @property
     def cache(self) -> str:
-        return cache_header(self.lookups)
+        return cache_header(self.parts)
 
     @property
-    def etag(self) -> str:
-        return _combined_etag([lk.entry.etag for lk in self.lookups], self.parts()[1])
+    def age_s(self) -> float | None:
+        """Of the oldest part, for the Age header of a STALE answer."""
+        return max((lk.age_s for lk in self.parts), default=None)
 
 
 @dataclass(frozen=True)
@@ -137,22 +126,9 @@ class EventPage(LotBatch):
     catalog: Lookup = field(kw_only=True)
     paging: Paging = field(kw_only=True)
 
-    def body(self) -> bytes:
-        items, errors = self.parts()
-        envelope = json.dumps(self.paging.envelope())[1:-1].encode()
-        return (
-            b'{"catalog":' + self.catalog.entry.body + b',"items":' + items
-            + b',"errors":' + errors + b"," + envelope + b"}"
-        )
-
     @property
-    def cache(self) -> str:
-        return cache_header([self.catalog, *self.lookups])
-
-    @property
-    def etag(self) -> str:
-        tags = [self.catalog.entry.etag, *(lk.entry.etag for lk in self.lookups)]
-        return _combined_etag(tags, self.parts()[1] + repr(self.paging).encode())
+    def parts(self) -> list[Lookup]:
+        return [self.catalog, *self.lookups]
 
 
 @dataclass(frozen=True)
@@ -164,33 +140,21 @@ class View:
     age_s: float | None = None  # of the oldest part, for the Age header of a STALE answer
 
 
-@dataclass(frozen=True)
-class SavedLot:
-    """A lot as the upstream answered the write, and what the write changed."""
+class Reads:
+    """Every read of the catalog, through the cache: at most one upstream call per key at a
+    time, and never an answer older than a write that has returned (see gateway/writes.py,
+    which invalidates the keys read here)."""
 
-    body: bytes
-    changes: list[Change]
-
-    @property
-    def etag(self) -> str:
-        return etag_of(self.body)
-
-
-class CatalogService:
-    def __init__(
-        self, cache: Cache, upstream: UpstreamClient,
-        on_override: Callable[[str], None] = lambda outcome: None,
-    ) -> None:
+    def __init__(self, cache: Cache, upstream: UpstreamClient) -> None:
         self._cache = cache
         self._upstream = upstream
-        self._on_override = on_override
 
     # --- single resources (drop-in mirror) ---------------------------------------------
 
     async def resource(self, resource: str, ident: int) -> Lookup:
         """GET /api/{resource}/{ident} through the cache."""
         path, endpoint = f"/api/{resource}/{ident}", f"/api/{resource}/{{id}}"
-        key: Key = (resource.lower(), ident)
+        key = keys.one(resource, ident)
 
         async def fetch() -> bytes:
             try:
@@ -211,10 +175,10 @@ class CatalogService:
 
     async def listing(self, resource: str, params: Params) -> Lookup:
         """GET /api/{resource}?params through the cache (key: the sorted query)."""
-        query = tuple(sorted(params))
-        key: Key = (f"{resource.lower()}-list", query)
+        key = keys.listing(resource, tuple(params))
         return await self._cache.get(
-            key, lambda: self._upstream.get(f"/api/{resource}", query, endpoint=f"/api/{resource}")
+            key, lambda: self._upstream.get(f"/api/{resource}", key[1],
+                                            endpoint=f"/api/{resource}")
         )
 
     # --- gateway-native views -------------------------------------------------------------
@@ -277,138 +241,11 @@ class CatalogService:
                    "items": list(paging.window(events)), **paging.envelope()}
         return View(payload, seller.result.header, seller.age_s)
 
-    # --- writes ---------------------------------------------------------------------------
-
-    async def save_override(
-        self, lot_id: int, changes: dict[str, Any], *, actor: str,
-        if_match: str | None = None,
-    ) -> SavedLot:
-        """Overlay `changes` (validated, camelCase; None removes) on the lot's override.
-
-        Under the lot's write lock: read the lot fresh from upstream (never from the
-        cache: the cache may lag another replica's save), merge, PUT the whole lot, and
-        invalidate before returning. No read that starts after this returns can see the
-        old override: the cached entry is gone and any fetch that was in flight during the
-        write is detached and cannot store its (possibly older) result.
-        """
-        outcome, changed = "upstream_error", []
-        try:
-            # One read-merge-write per lot at a time (across replicas when the cache is
-            # shared); saves to different lots run in parallel.
-            async with self._cache.exclusive(f"lot:{lot_id}"):
-                current = await self._fresh_lot(lot_id)
-                if if_match and if_match.strip() != "*" and etag_of(current) not in etags_in(
-                    if_match
-                ):
-                    raise PreconditionFailed(
-                        f"lot {lot_id} changed since that ETag was read; reload and retry"
-                    )
-                lot = _json(current)
-                override, changed = merge(current_override(lot), changes)
-                if not changed:
-                    outcome = "unchanged"
-                    return SavedLot(current, [])
-                answer = await self._write(lot_id, update_request(lot, override), lot)
-                outcome = "saved"
-                return SavedLot(answer, changed)
-        except GatewayError as exc:
-            outcome = _outcome_of(exc)
-            raise
-        finally:
-            self._on_override(outcome)
-            log.info(json.dumps({
-                "event": "lot_override", "lotId": lot_id, "actor": actor, "outcome": outcome,
-                "changes": {c.field: [c.old, c.new] for c in changed},
-            }))
-
-    async def put_lot(self, lot_id: int, body: bytes) -> bytes:
-        """The drop-in PUT /api/Lot/{id}: passed through, then the same invalidation."""
-        request = json_object(body, "a JSON UpdateLotRequest object")
-        async with self._cache.exclusive(f"lot:{lot_id}"):
-            before = self._cache.peek(("lot", lot_id))
-            prior = [before.derive("json", _json)] if before is not None else []
-            return await self._write(lot_id, body, request, *prior)
-
-    async def _fresh_lot(self, lot_id: int) -> bytes:
-        try:
-            return await self._upstream.get(f"/api/Lot/{lot_id}", endpoint="/api/Lot/{id}")
-        except NotFound:
-            raise NotFound(f"Lot {lot_id} does not exist") from None
-
-    async def _write(self, lot_id: int, body: bytes, *lots: dict[str, Any]) -> bytes:
-        """PUT the lot; whatever happens, drop what the gateway holds of it afterwards.
-
-        Invalidating after a failure too: a write that failed may still have been applied
-        (a lost answer), so the next read must ask the upstream what it really holds.
-        """
-        answer = None
-        try:
-            answer = await self._upstream.put_json(
-                f"/api/Lot/{lot_id}", body, endpoint="/api/Lot/{id}"
-            )
-            return answer
-        except UpstreamUnavailable as exc:
-            raise UpstreamFailed(f"the write did not reach the upstream: {exc.detail}") from None
-        except NotFound:
-            raise NotFound(f"Lot {lot_id} does not exist") from None
-        finally:
-            seen = [*lots, _json_or_empty(answer)] if answer is not None else list(lots)
-            await self._invalidate_lot(lot_id, seen)
-
-    async def _invalidate_lot(self, lot_id: int, lots: Sequence[dict[str, Any]]) -> None:
-        """The lot, every cached list that may hold it, and the catalogs it was or is in
-        (their lot lists change if a drop-in PUT moved it). Event pages hold nothing of
-        their own: they are rebuilt from these entries."""
-        await self._cache.invalidate(("lot", lot_id))
-        await self._cache.invalidate_kind("lot-list")
-        # Tolerant: a drop-in PUT body is passed on unvalidated, so `catalogs` may be junk.
-        catalog_ids = {c.get("catalogId") for lot in lots
-                       for c in _list(lot.get("catalogs")) if isinstance(c, dict)
-                       and isinstance(c.get("catalogId"), int)}
-        if any(lot.get("catalogs") != lots[0].get("catalogs") for lot in lots[1:]):
-            for catalog_id in catalog_ids:
-                await self._cache.invalidate(("catalog", catalog_id))
-            await self._cache.invalidate_kind("catalog-list")
-
-    async def revoke_session(self, session_id: str, ttl_s: float) -> None:
-        """End an operator session on every replica (until its cookie would expire)."""
-        await self._cache.revoke(f"session:{session_id}", ttl_s)
-
-    async def session_revoked(self, session_id: str) -> bool:
-        return await self._cache.revoked(f"session:{session_id}")
-
-    async def verify_operator(self, username: str, password: str) -> bool:
-        """Whether the upstream identity endpoint accepts this operator's credentials."""
-        return await self._upstream.verify_operator(username, password)
-
     async def _lot_outcome(self, lot_id: int) -> LotOutcome:
         try:
             return LotOutcome(lot_id, lookup=await self.lot(lot_id))
         except GatewayError as exc:
             return LotOutcome(lot_id, error=exc)
-
-
-def _outcome_of(exc: GatewayError) -> str:
-    if isinstance(exc, NotFound):
-        return "not_found"
-    if isinstance(exc, PreconditionFailed):
-        return "conflict"
-    if isinstance(exc, BadRequest | Unprocessable | PayloadTooLarge):
-        return "rejected"
-    return "upstream_error"
-
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _json_or_empty(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _json(body: bytes) -> Any:
@@ -443,11 +280,3 @@ def _start(catalog: dict[str, Any]) -> datetime:
 
 def _is_past(catalog: dict[str, Any], now: datetime) -> bool:
     return bool(catalog.get("isCompleted")) or _when(catalog.get("endDate")) < now
-
-
-def _combined_etag(tags: Sequence[str], extra: bytes) -> str:
-    digest = hashlib.blake2b(digest_size=12)
-    for tag in tags:
-        digest.update(tag.encode())
-    digest.update(extra)
-    return '"' + digest.hexdigest() + '"'

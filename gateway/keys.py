@@ -1,0 +1,26 @@
+"""The cache keys of the catalog, in one place: reads fetch under them, writes drop them.
+
+A key is `(kind, ident)`; a kind can be dropped whole (every cached list page of a
+resource at once). Resource names are the upstream's path segments: Seller, Catalog, Lot.
+"""
+
+from __future__ import annotations
+
+from gateway.cache import Key
+
+Params = tuple[tuple[str, str], ...]
+
+
+def one(resource: str, ident: int) -> Key:
+    """GET /api/{resource}/{ident}."""
+    return (resource.lower(), ident)
+
+
+def listing_kind(resource: str) -> str:
+    """Every cached GET /api/{resource}?... page."""
+    return f"{resource.lower()}-list"
+
+
+def listing(resource: str, params: Params) -> Key:
+    """GET /api/{resource}?params, the query sorted so equal queries share a key."""
+    return (listing_kind(resource), tuple(sorted(params)))

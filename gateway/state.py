@@ -1,0 +1,35 @@
+"""Every typed key of the app's and a request's state, in one place; nothing else.
+
+App keys are set by gateway/app.py: CONFIG and METRICS when the app is created, the rest
+by its start-up context once the upstream session and the cache are open. Request keys
+are set by the middleware named beside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.cache import Cache
+from gateway.config import Config
+from gateway.metrics import Metrics
+from gateway.reads import Reads
+from gateway.sessions import OperatorSessions, Session
+from gateway.upstream.identity import TokenProvider
+from gateway.writes import Writes
+
+CONFIG = web.AppKey("config", Config)  # as configured (sandbox mode stays "sandbox")
+METRICS = web.AppKey("metrics", Metrics)
+CACHE = web.AppKey("cache", Cache)
+TOKENS = web.AppKey("tokens", TokenProvider)  # the gateway's own upstream sign-in
+READS = web.AppKey("reads", Reads)
+WRITES = web.AppKey("writes", Writes)
+SESSIONS = web.AppKey("sessions", OperatorSessions)
+# Readiness check: a token can be had. app.py wraps TokenProvider.token in async-lru
+# (one key, short fixed TTL, concurrent probes share one call, failures not kept): the
+# one place where a plain memoising cache is exactly what is needed.
+READINESS = web.AppKey("readiness", Callable[[], Awaitable[str]])
+
+CLIENT_NAME = web.RequestKey("client_name", str)  # the API key's name (gateway/auth.py)
+SESSION = web.RequestKey("session", Session)  # the UI session (ui/session.py)
