@@ -1,44 +1,52 @@
-"""JSON routes: the drop-in mirror of the upstream API, /api/v1, health and metrics.
+"""The JSON edge: the drop-in mirror of the upstream API, /api/v1, health and metrics.
 
-Handlers parse and validate parameters, call one CatalogService method, and render.
-Every error leaves as application/problem+json (see problem_middleware).
+Every route is declared once in ROUTES (gateway/routes.py): add_routes registers them and
+the OpenAPI document at /openapi.json is generated from the same list. The mirror's routes
+are the upstream's own operations (gateway/contract.py), with their query parameters
+checked by the types the upstream document gives. Handlers parse their parameters, call one
+domain method, and render its answer here, as bytes. Every error leaves as
+application/problem+json (see problem_middleware).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
+from functools import cache
 
 from aiohttp import web
 
-from gateway.auth import CLIENT_NAME
+from gateway import contract, params, schemas
 from gateway.cache import Lookup, etag_of, etags_in
-from gateway.catalog import RESOURCES, CatalogService, LotBatch, View
-from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, Unauthorized
-from gateway.metrics import Metrics
-from gateway.openapi import openapi_json
+from gateway.errors import GatewayError, PayloadTooLarge, Unauthorized
+from gateway.openapi import document, version
 from gateway.overrides import MAX_BODY_BYTES, parse_changes
+from gateway.reads import MAX_IDS, MAX_PAGE_SIZE, EventPage, LotBatch, View
+from gateway.routes import Handler, Route
+from gateway.state import CLIENT_NAME, METRICS, READINESS, READS, WRITES
 
 log = logging.getLogger(__name__)
 
-CATALOG = web.AppKey("catalog", CatalogService)
-METRICS = web.AppKey("metrics", Metrics)
-# Readiness check: a token can be had. app.py wraps TokenProvider.token in async-lru
-# (one key, short fixed TTL, concurrent probes share one call, failures not kept): the
-# one place where a plain memoising cache is exactly what is needed.
-READINESS = web.AppKey("readiness", Callable[[], Awaitable[str]])
-
-MAX_ID = 2**31 - 1
-_INTEGER = re.compile(r"-?[0-9]{1,18}")
-MAX_PAGE_SIZE = 100
-MAX_IDS = 100
+MAX_PUT_BYTES = 1024 * 1024  # body of a drop-in write
 JSON = "application/json; charset=utf-8"
+_UPSTREAM_ERRORS = (502, 503, 504)
 PROBLEM = "application/problem+json"
 
-# --- rendering ---------------------------------------------------------------------------
+# The parameters of the /api/v1 routes: each parses itself and documents itself.
+ID = params.PathId("id", "The resource id.")
+PAGE = params.Int("page", "Page number, from 1.", fallback=1)
+PAGE_SIZE = params.Int("page_size", "Items per page.", hi=MAX_PAGE_SIZE, fallback=25)
+LOT_IDS = params.IdList("ids", "Lot ids, comma-separated, answered in this order.",
+                        max_items=MAX_IDS)
+SELLER_QUERY = params.Text("q", "Part of the seller's name (any case), or the start of its "
+                           "display id; empty lists every seller.", max_length=200)
+INCLUDE_PAST = params.Bool("include_past", "Past events too, after the upcoming ones.")
+
+
+# --- rendering -------------------------------------------------------------------------------
 
 
 def cached_response(
@@ -64,9 +72,29 @@ def view_response(request: web.Request, view: View) -> web.Response:
 
 
 def batch_response(request: web.Request, batch: LotBatch) -> web.Response:
-    ages = [lk.age_s for lk in batch.lookups]
-    age = max(ages) if ages else None
-    return cached_response(request, batch.body(), batch.etag, batch.cache, age)
+    """Lots (and for an event page, its catalog and paging) as one JSON body whose ETag
+    derives from its parts' ETags: it changes whenever any part does."""
+    items = b"[" + b",".join(lk.entry.body for lk in batch.lookups) + b"]"
+    errors = json.dumps([o.error_json() for o in batch.errors]).encode()
+    stale = json.dumps(batch.stale_ids).encode()
+    tail = b',"errors":' + errors + b',"staleLotIds":' + stale
+    if isinstance(batch, EventPage):
+        envelope = json.dumps(batch.paging.envelope(), separators=(",", ":"))[1:-1].encode()
+        body = (b'{"catalog":' + batch.catalog.entry.body + b',"items":' + items + tail
+                + b"," + envelope + b"}")
+        extra = tail + repr(batch.paging).encode()
+    else:
+        body, extra = b'{"items":' + items + tail + b"}", tail
+    etag = combined_etag([lk.entry.etag for lk in batch.parts], extra)
+    return cached_response(request, body, etag, batch.cache, batch.age_s)
+
+
+def combined_etag(tags: Sequence[str], extra: bytes) -> str:
+    digest = hashlib.blake2b(digest_size=12)
+    for tag in tags:
+        digest.update(tag.encode())
+    digest.update(extra)
+    return '"' + digest.hexdigest() + '"'
 
 
 def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None):
@@ -77,103 +105,95 @@ def problem(status: int, title: str, detail: str, headers: dict[str, str] | None
     )
 
 
-
-# --- parameters ----------------------------------------------------------------------------
-
-
-def parse_id(text: str, name: str = "id") -> int:
-    # ASCII digits only: str.isdigit() also accepts "²" and "①", which int() refuses.
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_ID:
-        raise BadRequest(f"{name} must be a positive integer, got {text[:40]!r}")
-    return int(text)
+# --- drop-in mirror ----------------------------------------------------------------------------
 
 
-def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    text = request.query.get(name)
-    if text is None or text == "":
-        return default
-    if not _INTEGER.fullmatch(text):  # int() would also take " 7", "1_0" and "١٠"
-        raise BadRequest(f"{name} must be an integer, got {text[:40]!r}")
-    value = int(text)
-    if not lo <= value <= hi:
-        raise BadRequest(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
+def check_query(request: web.Request, operation: contract.Operation) -> None:
+    """Each parameter the upstream declares must have its declared type (names matched in
+    any case, as the upstream's ASP.NET does). Everything is passed on unchanged: a
+    client may send filters the document does not name (the SDK sends CustomerCatalogId)."""
+    by_name = {p.name.lower(): p for p in operation.query}
+    for name, value in request.query.items():
+        param = by_name.get(name.lower())
+        if param is not None and value != "":
+            param.parse(value)
 
 
-def bool_param(request: web.Request, name: str, default: bool) -> bool:
-    text = request.query.get(name, "").lower()
-    if text == "":
-        return default
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise BadRequest(f"{name} must be true or false, got {text[:40]!r}")
-
-
-def paging(request: web.Request) -> tuple[int, int]:
-    page = int_param(request, "page", 1, 1, 10**6)
-    return page, int_param(request, "page_size", 25, 1, MAX_PAGE_SIZE)
-
-
-# --- drop-in mirror --------------------------------------------------------------------------
-
-
-def mirror_get_one(resource: str) -> Callable:
+def mirror_get_one(operation: contract.Operation) -> Handler:
     async def get_one(request: web.Request) -> web.Response:
-        ident = parse_id(request.match_info["id"])
-        return lookup_response(request, await request.app[CATALOG].resource(resource, ident))
+        ident = ID.read(request.match_info)
+        lookup = await request.app[READS].resource(operation.resource, ident)
+        return lookup_response(request, lookup)
 
     return get_one
 
 
-def mirror_get_list(resource: str) -> Callable:
+def mirror_get_list(operation: contract.Operation) -> Handler:
     async def get_list(request: web.Request) -> web.Response:
-        # Query names and values are passed on unchanged (an existing client may send
-        # filters we do not know); the paging ones are checked so a typo is a 400 here.
-        for name in ("PageNumber", "PageSize"):
-            int_param(request, name, 1, 1, 10**6)
-        params = [(k, v) for k, v in request.query.items()]
-        return lookup_response(request, await request.app[CATALOG].listing(resource, params))
+        check_query(request, operation)
+        lookup = await request.app[READS].listing(operation.resource, list(request.query.items()))
+        return lookup_response(request, lookup)
 
     return get_list
 
 
+async def mirror_put_lot(request: web.Request) -> web.Response:
+    lot_id = ID.read(request.match_info)
+    body = await read_body(request, MAX_PUT_BYTES)
+    answer = await request.app[WRITES].put_lot(lot_id, body)
+    return web.Response(body=answer, headers={"Content-Type": JSON})
+
+
+def mirror_routes() -> list[Route]:
+    """The upstream operations the gateway serves, each with its handler."""
+    routes = []
+    for op in contract.OPERATIONS:
+        if op.method == "GET":
+            handler = mirror_get_one(op) if "{id}" in op.path else mirror_get_list(op)
+        elif (op.method, op.path) == ("PUT", "/api/Lot/{id}"):
+            handler = mirror_put_lot
+        else:
+            continue  # not served yet: answered 405 / 404 by the router
+        writes = (413,) if op.method != "GET" else ()
+        routes.append(Route(
+            op.method, op.path, handler, op.summary or f"{op.method} {op.path}",
+            params=(ID,) if "{id}" in op.path else (),
+            errors=(400, 401, 404, *writes, *_UPSTREAM_ERRORS),
+            cached=op.method == "GET", operation=op, tag="mirror",
+        ))
+    return routes
+
+
+# --- gateway-native /api/v1 ----------------------------------------------------------------------
+
+
 async def v1_event_lots(request: web.Request) -> web.Response:
-    catalog_id = parse_id(request.match_info["id"])
-    page, page_size = paging(request)
-    page_view = await request.app[CATALOG].event_page(catalog_id, page, page_size)
-    return batch_response(request, page_view)
+    catalog_id = ID.read(request.match_info)
+    page = await request.app[READS].event_page(
+        catalog_id, PAGE.read(request.query), PAGE_SIZE.read(request.query)
+    )
+    return batch_response(request, page)
 
 
 async def v1_lots(request: web.Request) -> web.Response:
-    text = request.query.get("ids", "")
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise BadRequest("ids is required: a comma-separated list of lot ids")
-    if len(parts) > MAX_IDS:
-        raise BadRequest(f"at most {MAX_IDS} ids per request, got {len(parts)}")
-    ids = [parse_id(p, "ids") for p in parts]
-    return batch_response(request, await request.app[CATALOG].lots(ids))
+    return batch_response(request, await request.app[READS].lots(LOT_IDS.read(request.query)))
 
 
 async def v1_sellers(request: web.Request) -> web.Response:
-    page, page_size = paging(request)
-    q = request.query.get("q", "")
-    if len(q) > 200:
-        raise BadRequest("q must be at most 200 characters")
-    return view_response(request, await request.app[CATALOG].sellers(q, page, page_size))
-
-
-async def v1_seller_events(request: web.Request) -> web.Response:
-    seller_id = parse_id(request.match_info["id"])
-    page, page_size = paging(request)
-    include_past = bool_param(request, "include_past", False)
-    view = await request.app[CATALOG].seller_events(seller_id, include_past, page, page_size)
+    q = request.query
+    view = await request.app[READS].sellers(
+        SELLER_QUERY.read(q), PAGE.read(q), PAGE_SIZE.read(q)
+    )
     return view_response(request, view)
 
 
-# --- writes ------------------------------------------------------------------------------
+async def v1_seller_events(request: web.Request) -> web.Response:
+    seller_id = ID.read(request.match_info)
+    q = request.query
+    view = await request.app[READS].seller_events(
+        seller_id, INCLUDE_PAST.read(q), PAGE.read(q), PAGE_SIZE.read(q)
+    )
+    return view_response(request, view)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -186,32 +206,21 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
-def actor(request: web.Request) -> str:
-    """Who is writing, for the save log: the API key's name, never the key."""
-    return request.get(CLIENT_NAME) or "anonymous"
-
-
 async def v1_save_override(request: web.Request) -> web.Response:
-    lot_id = parse_id(request.match_info["id"])
+    lot_id = ID.read(request.match_info)
     try:
         changes = parse_changes(await read_body(request, MAX_BODY_BYTES))
     except GatewayError:
         request.app[METRICS].overrides.labels("rejected").inc()
         raise
-    saved = await request.app[CATALOG].save_override(
-        lot_id, changes, actor=actor(request), if_match=request.headers.get("If-Match")
+    saved = await request.app[WRITES].save_override(
+        lot_id, changes, actor=request.get(CLIENT_NAME) or "anonymous",
+        if_match=request.headers.get("If-Match"),
     )
     return web.Response(body=saved.body, headers={"ETag": saved.etag, "Content-Type": JSON})
 
 
-async def mirror_put_lot(request: web.Request) -> web.Response:
-    lot_id = parse_id(request.match_info["id"])
-    body = await read_body(request, 1024 * 1024)
-    answer = await request.app[CATALOG].put_lot(lot_id, body)
-    return web.Response(body=answer, headers={"Content-Type": JSON})
-
-
-# --- health and metrics ------------------------------------------------------------------------
+# --- health, metrics, this document -----------------------------------------------------------
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -231,11 +240,51 @@ async def metrics(request: web.Request) -> web.Response:
     return request.app[METRICS].exposition()
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=openapi_bytes(), content_type="application/json")
+
+
+@cache
+def openapi_bytes() -> bytes:
+    return json.dumps(document(ROUTES, version()), indent=1).encode()
+
+
+ROUTES: tuple[Route, ...] = (
+    *mirror_routes(),
+    Route("GET", "/api/v1/catalogs/{id}/lots", v1_event_lots,
+          "One page of an event's lots, with the event, in lot order",
+          params=(ID, PAGE, PAGE_SIZE), answer=schemas.EventPage, cached=True,
+          errors=(400, 401, 404, *_UPSTREAM_ERRORS)),
+    Route("GET", "/api/v1/lots", v1_lots, "Several lots at once, in the order asked",
+          params=(LOT_IDS,), answer=schemas.LotBatch, cached=True,
+          errors=(400, 401, *_UPSTREAM_ERRORS)),
+    Route("POST", "/api/v1/lots/{id}/override", v1_save_override,
+          "Save an operator's corrections to a lot (read-merge-write, If-Match aware)",
+          params=(ID,), body=schemas.LotOverride, answer=schemas.Lot,
+          errors=(400, 401, 404, 412, 413, 422, *_UPSTREAM_ERRORS)),
+    Route("GET", "/api/v1/sellers", v1_sellers, "Sellers, searched by name or display id",
+          params=(SELLER_QUERY, PAGE, PAGE_SIZE), answer=schemas.SellerPage, cached=True,
+          errors=(400, 401, *_UPSTREAM_ERRORS)),
+    Route("GET", "/api/v1/sellers/{id}/events", v1_seller_events,
+          "A seller's events: upcoming soonest first, then past ones if asked",
+          params=(ID, INCLUDE_PAST, PAGE, PAGE_SIZE), answer=schemas.SellerEvents,
+          cached=True, errors=(400, 401, 404, *_UPSTREAM_ERRORS)),
+    Route("GET", "/healthz", healthz, "Liveness", answer=schemas.Health, open=True,
+          tag="operations"),
+    Route("GET", "/readyz", readyz, "Readiness: an upstream token can be had",
+          answer=schemas.Ready, errors=(503,), open=True, tag="operations"),
+    Route("GET", "/metrics", metrics, "Prometheus metrics",
+          media_type="text/plain", open=True, tag="operations"),
+    Route("GET", "/openapi.json", openapi_json, "This document", open=True,
+          tag="operations"),
+)
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
 @web.middleware
-async def problem_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes problem+json; nothing escapes as a bare 500 page."""
     try:
         return await handler(request)
@@ -257,17 +306,5 @@ async def problem_middleware(request: web.Request, handler: Callable) -> web.Str
 
 
 def add_routes(app: web.Application) -> None:
-    r = app.router
-    for resource in RESOURCES:
-        r.add_get(f"/api/{resource}", mirror_get_list(resource))
-        r.add_get(f"/api/{resource}/{{id}}", mirror_get_one(resource))
-    r.add_put("/api/Lot/{id}", mirror_put_lot)
-    r.add_get("/api/v1/catalogs/{id}/lots", v1_event_lots)
-    r.add_get("/api/v1/lots", v1_lots)
-    r.add_post("/api/v1/lots/{id}/override", v1_save_override)
-    r.add_get("/api/v1/sellers", v1_sellers)
-    r.add_get("/api/v1/sellers/{id}/events", v1_seller_events)
-    r.add_get("/healthz", healthz)
-    r.add_get("/readyz", readyz)
-    r.add_get("/metrics", metrics)
-    r.add_get("/openapi.json", openapi_json)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)

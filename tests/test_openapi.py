@@ -1,12 +1,15 @@
-"""The OpenAPI document: valid, in step with the routes the app registers, and true.
+"""The OpenAPI document: valid, generated from the routes the app registers, and true.
 
-"True" is checked three ways:
+"True" is checked several ways:
+- the mirror's operations are the upstream's own, with exactly the query parameters, bodies
+  and answers the upstream's document gives;
 - fuzzing: schemathesis drives every operation of the document with generated valid and
   invalid input against a real gateway process (sandbox upstream, no latency). No answer is
   a 500, the only 5xx are the documented upstream errors, every error is problem+json, and
   every answer matches the document (status, content type, headers, body schema);
 - every constraint the document states on a parameter is tried just past its bound (400)
   and at it (accepted);
+- the override body's model accepts exactly the bodies the API accepts;
 - what random input rarely reaches is requested on purpose and checked against the
   document: 304, 412, 413, 422, and the upstream failing, hanging or refusing writes.
 """
@@ -24,7 +27,9 @@ import requests
 import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, settings
+from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
+from pydantic import ValidationError
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -33,14 +38,17 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway import api, overrides
+from gateway import contract, overrides
+from gateway.api import ROUTES
 from gateway.app import create_app
 from gateway.config import Config, parse_api_keys
-from gateway.openapi import OPENAPI, openapi_json
-from gateway.upstream.sandbox_data import SandboxData
+from gateway.openapi import document, version
+from gateway.schemas import LotOverride
+from sandbox.data import SandboxData
 
 from gwtesting import running_gateway
 
+OPENAPI = document(ROUTES, version())
 PROBLEM = "application/problem+json"
 UPSTREAM_ERRORS = {502, 503, 504}
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -63,20 +71,16 @@ CONFORMANCE = [status_code_conformance, content_type_conformance,
 
 
 def ui_route(route: web.AbstractRoute) -> bool:
-    """The operator UI's HTML routes (and the sandbox's), which the document leaves out."""
+    """The operator UI's HTML routes, which the document leaves out."""
     path = route.resource.canonical
-    return (getattr(route.handler, "__module__", "").startswith("ui.")
-            or isinstance(route.resource, web.StaticResource)
+    return (isinstance(route.resource, web.StaticResource)
             or path in ("/", "/sign-in", "/sign-out")
-            or path.startswith(("/ui/", "/static/", "/_sandbox/")))
+            or path.startswith(("/ui/", "/static/")))
 
 
-def app_with_openapi(**sections: Any) -> web.Application:
-    """The gateway app (not started) with GET /openapi.json, added here if add_routes lacks it."""
-    app = create_app(Config().replace(sandbox={"latency_ms": 0, "jitter_ms": 0}, **sections))
-    if not any(r.resource.canonical == "/openapi.json" for r in app.router.routes()):
-        app.router.add_get("/openapi.json", openapi_json)
-    return app
+def gateway_app(**sections: Any) -> web.Application:
+    """The gateway app (not started), its sandbox answering at once."""
+    return create_app(Config().replace(sandbox={"latency_ms": 0, "jitter_ms": 0}, **sections))
 
 
 def operations() -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -86,10 +90,8 @@ def operations() -> Iterator[tuple[str, str, dict[str, Any]]]:
                 yield method.upper(), path, operation
 
 
-def parameters(operation: dict[str, Any]) -> list[dict[str, Any]]:
-    refs = OPENAPI["components"]["parameters"]
-    return [refs[p["$ref"].rsplit("/", 1)[1]] if "$ref" in p else p
-            for p in operation.get("parameters", [])]
+def is_mirror(path: str) -> bool:
+    return path.startswith("/api/") and not path.startswith("/api/v1/")
 
 
 def resource_of(path: str) -> str:
@@ -110,7 +112,7 @@ def sample_request(method: str, path: str) -> dict[str, Any]:
         request["params"]["ids"] = str(SAMPLE_ID["Lot"])
     if path.endswith("/override"):
         request["json"] = {"notes": "checked against the OpenAPI document"}
-    elif method == "PUT":
+    elif method in ("PUT", "POST"):
         request["json"] = {}
     return request
 
@@ -121,10 +123,10 @@ def sample_parts(method: str, path: str) -> dict[str, Any]:
     if "{id}" in path:
         parts["path_parameters"] = {"id": SAMPLE_ID[resource_of(path)]}
     if path == "/api/v1/lots":
-        parts["query"] = {"ids": [SAMPLE_ID["Lot"]]}
+        parts["query"] = {"ids": str(SAMPLE_ID["Lot"])}
     if path.endswith("/override"):
         parts["body"] = {"notes": "checked against the OpenAPI document"}
-    elif method == "PUT":
+    elif method in ("PUT", "POST"):
         parts["body"] = {}
     return parts
 
@@ -145,7 +147,7 @@ def test_the_document_is_valid_openapi() -> None:
 def test_it_lists_exactly_the_json_routes_the_app_registers() -> None:
     registered = {
         (route.method, route.resource.canonical)
-        for route in app_with_openapi().router.routes()
+        for route in gateway_app().router.routes()
         if route.method != "HEAD" and not ui_route(route)
     }
     documented_ops = {(method, path) for method, path, _ in operations()}
@@ -153,22 +155,34 @@ def test_it_lists_exactly_the_json_routes_the_app_registers() -> None:
     assert documented_ops - registered == set(), "documented routes the app does not have"
 
 
-def test_its_limits_are_the_ones_the_api_enforces() -> None:
-    from gateway import openapi
-
-    assert (openapi.MAX_ID, openapi.MAX_PAGE_SIZE, openapi.MAX_IDS) == (
-        api.MAX_ID, api.MAX_PAGE_SIZE, api.MAX_IDS)
-    assert openapi.MAX_BODY_BYTES == overrides.MAX_BODY_BYTES
-    override = OPENAPI["components"]["schemas"]["LotOverride"]
-    assert set(override["properties"]) == set(overrides.FIELDS)
-    assert override["additionalProperties"] is False
-    for snake in overrides.ALIASES:
-        assert f"`{snake}`" in override["description"]
-    for name, (kind, non_negative) in overrides.FIELDS.items():
-        field = override["properties"][name]
-        assert field["nullable"] is True
-        assert (field.get("minimum") == 0) == non_negative
-        assert ("maxLength" in field) == (kind == "text")
+def test_the_mirror_serves_the_upstreams_operations_as_its_document_gives_them() -> None:
+    """Same path and method, exactly its query parameters with its types, its body, its
+    answer, and every one of its schemas."""
+    mirrored = [(m, p, op) for m, p, op in operations() if is_mirror(p)]
+    assert {("GET", "/api/Lot/{id}"), ("PUT", "/api/Lot/{id}"), ("GET", "/api/Catalog"),
+            ("GET", "/api/Seller")} <= {(m, p) for m, p, _ in mirrored}
+    schemas = OPENAPI["components"]["schemas"]
+    assert set(contract.components()) <= set(schemas)
+    for method, path, operation in mirrored:
+        upstream = contract.operation(method, path).upstream()  # KeyError: not upstream's
+        given = {(p["name"], p["in"]): p["schema"] for p in upstream.get("parameters", [])}
+        ours = {(p["name"], p["in"]): p["schema"] for p in operation.get("parameters", [])
+                if p["in"] != "header"}
+        assert set(ours) == set(given), (method, path)
+        for key, schema in given.items():
+            for word in ("type", "format"):
+                assert ours[key].get(word) == schema.get(word), (method, path, key)
+            if "items" in schema:
+                assert ours[key]["items"]["type"] == schema["items"]["type"]
+        success = min(code for code in upstream["responses"] if code.startswith("2"))
+        answer = operation["responses"][success].get("content", {}).get("application/json")
+        assert answer == upstream["responses"][success].get("content", {}).get(
+            "application/json"), (method, path)
+        if "requestBody" in upstream:
+            assert (operation["requestBody"]["content"]["application/json"]
+                    == upstream["requestBody"]["content"]["application/json"])
+        else:
+            assert "requestBody" not in operation
 
 
 def test_api_routes_and_only_those_require_a_key() -> None:
@@ -182,7 +196,7 @@ def test_api_routes_and_only_those_require_a_key() -> None:
 
 
 async def test_served_as_json(aiohttp_client) -> None:
-    client = await aiohttp_client(app_with_openapi(), server_kwargs={"host": "127.0.0.1"})
+    client = await aiohttp_client(gateway_app(), server_kwargs={"host": "127.0.0.1"})
     resp = await client.get("/openapi.json")
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("application/json")
@@ -190,7 +204,7 @@ async def test_served_as_json(aiohttp_client) -> None:
 
 
 async def test_the_security_scheme_is_what_the_gateway_enforces(aiohttp_client) -> None:
-    app = app_with_openapi(api_keys=parse_api_keys("ops:k-ops"))
+    app = gateway_app(api_keys=parse_api_keys("ops:k-ops"))
     client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})
     for method, path, _ in operations():
         resp = await client.request(method, path.replace("{id}", "1"), json={})
@@ -208,10 +222,7 @@ async def test_the_security_scheme_is_what_the_gateway_enforces(aiohttp_client) 
 def out_of_bounds(schema: dict[str, Any]) -> list[str]:
     """Values just past what `schema` allows, as they go on the wire."""
     if schema.get("type") == "array":
-        bad = [f"{v}" for v in out_of_bounds(schema["items"])]
-        if "maxItems" in schema:
-            bad.append(",".join([str(SAMPLE_ID["Lot"])] * (schema["maxItems"] + 1)))
-        return bad
+        return out_of_bounds(schema["items"])
     if schema.get("type") == "integer":
         bad = ["x", "1.5"]
         bad += [str(schema["minimum"] - 1)] if "minimum" in schema else []
@@ -219,6 +230,8 @@ def out_of_bounds(schema: dict[str, Any]) -> list[str]:
         return bad
     if schema.get("type") == "boolean":
         return ["maybe"]
+    if "pattern" in schema:
+        return ["x"]
     if "maxLength" in schema:
         return ["x" * (schema["maxLength"] + 1)]
     return []
@@ -226,13 +239,13 @@ def out_of_bounds(schema: dict[str, Any]) -> list[str]:
 
 def at_bounds(schema: dict[str, Any]) -> list[str]:
     """Values exactly at what `schema` allows."""
-    if schema.get("type") == "array" and "maxItems" in schema:
-        return [",".join([str(SAMPLE_ID["Lot"])] * schema["maxItems"])]
+    if schema.get("type") == "array":
+        return at_bounds(schema["items"])
     if schema.get("type") == "integer":
         return [str(schema[k]) for k in ("minimum", "maximum") if k in schema]
     if schema.get("type") == "boolean":
         return ["true", "false"]
-    if "maxLength" in schema:
+    if "maxLength" in schema and "pattern" not in schema:
         return ["x" * schema["maxLength"]]
     return []
 
@@ -241,7 +254,7 @@ async def test_every_parameter_constraint_is_enforced_exactly(start_gateway) -> 
     gw = await start_gateway()
     tried = 0
     for method, path, operation in operations():
-        for param in parameters(operation):
+        for param in operation.get("parameters", []):
             if param["in"] not in ("path", "query"):
                 continue
             for value, valid in [*((v, False) for v in out_of_bounds(param["schema"])),
@@ -257,7 +270,7 @@ async def test_every_parameter_constraint_is_enforced_exactly(start_gateway) -> 
                 assert (resp.status != 400) == valid, where + ": " + await resp.text()
                 assert resp.status < 500, where
                 tried += 1
-    assert tried > 50
+    assert tried > 80
 
 
 # --- a gateway process to test against ------------------------------------------------------
@@ -294,6 +307,78 @@ def assert_sound(response: Any, request: str) -> None:
         assert problem["status"] == status and problem["title"] and problem["detail"]
 
 
+# --- the models of what the gateway adds ---------------------------------------------------
+
+# (body, accepted by the API): each kind of rule, just inside and just outside it.
+OVERRIDE_BODIES: list[tuple[Any, bool]] = [
+    ({"qty": 2, "notes": "checked against the model"}, True),
+    ({"qty": 0, "l": 0, "value": 0.0}, True),
+    ({"qty": 1.0}, True),  # a whole number is taken as an integer
+    ({"qty": 1.5}, False),
+    ({"qty": -1}, False),
+    ({"l": -0.5}, False),
+    ({"qty": "3"}, False),
+    ({"qty": True}, False),
+    ({"wgt": False}, False),
+    ({"itemID": 2**31 - 1}, True),
+    ({"itemID": 2**31}, False),
+    ({"commodityId": -(2**31 - 1)}, True),
+    ({"commodityId": -(2**31)}, False),
+    ({"forceCrate": True, "doNotTip": None}, True),
+    ({"forceCrate": "yes"}, False),
+    ({"force_crate": False, "item_id": 7}, True),  # ABConnect's snake_case names
+    ({"forceCrate": True, "force_crate": False}, False),  # one field under both names
+    ({"notes": "x" * overrides.MAX_TEXT}, True),
+    ({"notes": "x" * (overrides.MAX_TEXT + 1)}, False),
+    ({"description": 5}, False),
+    ({"notedConditions": "\ud800"}, False),  # a lone surrogate
+    ({"cpack": None}, True),  # null removes the field
+    ({"colour": "red"}, False),
+    ({}, False),
+    ([{"qty": 1}], False),
+]
+# What JSON Schema cannot state; the model checks it, the document says it in words.
+BEYOND_JSON_SCHEMA = ("\ud800", "force_crate")
+
+
+def accepted_by_model(body: Any) -> bool:
+    try:
+        LotOverride.model_validate(body)
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("body,accepted", OVERRIDE_BODIES,
+                         ids=[str(b)[:40] for b, _ in OVERRIDE_BODIES])
+def test_the_override_model_accepts_exactly_what_the_api_accepts(
+    gateway_url: str, http: requests.Session, body: Any, accepted: bool
+) -> None:
+    url = f"{gateway_url}/api/v1/lots/{SAMPLE_ID['Lot']}/override"
+    resp = http.post(url, json=body, timeout=15)
+    assert (resp.status_code == 200) == accepted, (resp.status_code, resp.text)
+    assert resp.status_code in (200, 400, 422), resp.text
+    assert accepted_by_model(body) == accepted
+    if not any(word in json.dumps(body, ensure_ascii=False) for word in BEYOND_JSON_SCHEMA):
+        schema = OPENAPI["components"]["schemas"]["LotOverride"]
+        assert OAS30Validator(schema).is_valid(body) == accepted
+
+
+def test_the_v1_answers_validate_against_their_models(
+    gateway_url: str, http: requests.Session
+) -> None:
+    checked = 0
+    for route in ROUTES:
+        if route.answer is None or route.method != "GET":
+            continue
+        request = sample_request(route.method, route.path)
+        resp = http.get(gateway_url + request["path"], params=request["params"], timeout=15)
+        assert resp.status_code == 200, (route.path, resp.text)
+        route.answer.model_validate(resp.json())
+        checked += 1
+    assert checked >= 6
+
+
 # --- fuzzing ------------------------------------------------------------------------------
 
 
@@ -302,20 +387,22 @@ def with_known_ids(document: dict[str, Any]) -> dict[str, Any]:
 
     Random integers almost never name an existing lot, so without this the fuzzer would
     only ever see 404s. Valid input stays a subset of what the document allows, and what is
-    invalid stays invalid.
+    invalid stays invalid. Deletes keep random ids: the sandbox's data is shared by the
+    tests of this module.
     """
     document = copy.deepcopy(document)
-    shared = document["components"]["parameters"]
     for path, item in document["paths"].items():
-        known = {"anyOf": [{"enum": KNOWN_IDS[resource_of(path)]}, shared["id"]["schema"]]}
-        for operation in item.values():
-            params = operation.get("parameters", [])
-            for i, param in enumerate(params):
-                if param == {"$ref": "#/components/parameters/id"}:
-                    params[i] = {**shared["id"], "schema": known}
-                elif param == {"$ref": "#/components/parameters/ids"}:
-                    params[i] = {**shared["ids"], "schema": {**shared["ids"]["schema"],
-                                                             "items": known}}
+        known = KNOWN_IDS[resource_of(path)]
+        for method, operation in item.items():
+            if method == "delete":
+                continue
+            for param in operation.get("parameters", []):
+                if param["in"] == "path" and param["name"] == "id":
+                    param["schema"] = {"anyOf": [{"enum": known}, param["schema"]]}
+                elif param["in"] == "query" and param["name"] == "ids":
+                    lists = [",".join(map(str, known[i:i + n]))
+                             for i, n in ((0, 1), (3, 2), (10, 5), (0, 40))]
+                    param["schema"] = {"anyOf": [{"enum": lists}, param["schema"]]}
     return document
 
 
@@ -373,7 +460,7 @@ def test_cached_reads_answer_304_to_their_etag(gateway_url: str, http: requests.
         if "{id}" in path:
             parts["path_parameters"] = {"id": SAMPLE_ID[resource_of(path)]}
         if path == "/api/v1/lots":
-            parts["query"] = {"ids": [SAMPLE_ID["Lot"], KNOWN_IDS["Lot"][2], 999999]}
+            parts["query"] = {"ids": f"{SAMPLE_ID['Lot']},{KNOWN_IDS['Lot'][2]},999999"}
         first = call(gateway_url, http, method, path, **parts)
         assert first.status_code == 200, (path, first.text)
         etag = header(first, "ETag")
@@ -387,7 +474,7 @@ def test_cached_reads_answer_304_to_their_etag(gateway_url: str, http: requests.
 def test_override_answers_as_documented(gateway_url: str, http: requests.Session) -> None:
     path, lot = "/api/v1/lots/{id}/override", {"id": SAMPLE_ID["Lot"]}
     saved = call(gateway_url, http, "POST", path, path_parameters=lot,
-                 body={"notes": "checked against the OpenAPI document", "force_crate": None})
+                 body={"notes": "checked against the OpenAPI document", "forceCrate": None})
     assert saved.status_code == 200
     etag = header(saved, "ETag")
     same = call(gateway_url, http, "POST", path, path_parameters=lot, headers={"If-Match": etag},
@@ -427,8 +514,10 @@ def test_put_lot_answers_as_documented(gateway_url: str, http: requests.Session)
     assert missing.status_code == 404
 
 
-def test_wrong_methods_are_documented_405s(gateway_url: str, http: requests.Session) -> None:
+def test_wrong_methods_are_405s(gateway_url: str, http: requests.Session) -> None:
     for path, item in OPENAPI["paths"].items():
+        if "delete" in item:
+            continue
         url = gateway_url + path.replace("{id}", "1")
         resp = http.delete(url, timeout=15)
         assert resp.status_code == 405, path

@@ -1,0 +1,37 @@
+"""A route declared once: the edge registers it and the OpenAPI document describes it.
+
+Each JSON route of the gateway is one `Route`: method, path, handler, the parameters it
+reads (gateway/params.py declarations, which parse and document themselves), the pydantic
+models of its body and answer. The mirror's routes carry the upstream operation they serve
+instead, so their parameters and shapes come from the upstream's own document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from gateway.params import Param
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    params: tuple[Param[Any], ...] = ()
+    body: type[BaseModel] | None = None  # the request body's model (JSON)
+    answer: type[BaseModel] | None = None  # the 200 answer's model (JSON)
+    media_type: str = "application/json"  # of the 200 answer
+    errors: tuple[int, ...] = ()  # statuses this route answers besides 200 (problem+json)
+    cached: bool = False  # answers carry ETag, X-Cache and Cache-Status; 304 on a match
+    operation: Any = None  # mirror routes: the upstream operation (gateway.contract)
+    tag: str = "gateway"
+    open: bool = False  # needs no API key (health, readiness, metrics, this document)
