@@ -19,6 +19,7 @@ run: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # System packages the tests use, installed only when missing (needs root, as in CI).
 system-deps:
@@ -33,6 +34,7 @@ system-deps:
 
 test: install system-deps
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 bench: install
