@@ -96,12 +96,16 @@ class Writes:
             }))
 
     async def put_lot(self, lot_id: int, body: bytes) -> bytes:
-        """The drop-in PUT /api/Lot/{id}: passed through, then the same invalidation."""
+        """The drop-in PUT /api/Lot/{id}: passed through, then the same invalidation.
+
+        The lot's catalogs before the write are read fresh from the upstream, under the
+        lot's lock: a PUT may move the lot, and the catalog it leaves must be outdated as
+        well as the one it joins, whether or not this process had the lot cached.
+        """
         request = json_object(body, "a JSON UpdateLotRequest object")
         async with self._cache.exclusive(f"lot:{lot_id}"):
-            before = self._cache.peek(keys.one("Lot", lot_id))
-            prior = [_json_or_empty(before.body)] if before is not None else []
-            return await self._write(lot_id, body, request, *prior)
+            before = _json_or_empty(await self._fresh_lot(lot_id))
+            return await self._write(lot_id, body, request, before)
 
     async def _fresh_lot(self, lot_id: int) -> bytes:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,35 @@ async def gather_timed(*awaitables: Awaitable[Any]) -> tuple[list[Any], float]:
     start = time.perf_counter()
     results = await asyncio.gather(*awaitables)
     return results, time.perf_counter() - start
+
+
+async def eventually(
+    condition: Callable[[], Any], what: str, timeout_s: float = 10.0, every_s: float = 0.01
+) -> Any:
+    """Poll `condition()` (a plain or async callable) until it is truthy; return its value.
+    Fails naming `what` after `timeout_s`: a wait for a condition, never a fixed sleep."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s:g} s: {what}")
+        await asyncio.sleep(every_s)
+
+
+def eventually_sync(
+    condition: Callable[[], Any], what: str, timeout_s: float = 10.0, every_s: float = 0.02
+) -> Any:
+    """`eventually` for code outside an event loop."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s:g} s: {what}")
+        time.sleep(every_s)
+    return value
 
 
 def free_port() -> int:
