@@ -13,7 +13,7 @@ from ABConnect.api.models.catalog import LotDto
 from gateway.config import parse_api_keys
 from gateway.overrides import FIELDS
 
-from gwtesting import timed
+from gwtesting import eventually, timed
 
 PUT = "PUT /api/Lot/{id}"
 
@@ -131,7 +131,8 @@ async def test_no_stale_read_after_a_save_returns(start_gateway):
         saved = qty
         assert await read("lot") == qty
         assert await read("page") == qty
-        await asyncio.sleep(0.02)  # let readers start fetches that will overlap the next save
+        # Let the readers get going again, so their fetches overlap the next save.
+        await eventually(lambda at=reads: reads >= at + 4, "the readers read again after a save")
     stop.set()
     await asyncio.gather(*readers)
     assert stale == []
