@@ -1,11 +1,15 @@
 """The deployment files in deploy/: they parse, and they agree with the code they deploy.
 
 No container engine, cluster or systemd runs here, so the files are parsed and cross-checked
-against what the code really reads and exports: config keys and GW_* names (gateway.config),
-metric names (gateway/ sources), the command line, ports and probe paths. The image's
-command and health check are run as processes on loopback, with a real Redis. Where
-installed, promtool checks the Prometheus files (and that each alert fires, and only fires,
-when it should), systemd-analyze the unit, and kubernetes-validate the manifests' schemas.
+against what the code really reads and exports, found by asking the code at run time, never
+from a second list kept here: the secrets are the names `load_config` looks up, the
+GW_<SECTION>_<KEY> names the fields of gateway.config's sections, and the metric names and
+labels the ones a live gateway's /metrics shows (two replicas of the image's command on the
+deploy config, sharing a real Redis, in front of a sandbox upstream that is made to fail).
+The command line, ports and probe paths are checked against the CLI. The image's command and
+health check are run as processes on loopback. Where installed, promtool checks the
+Prometheus files (and that each alert fires, and only fires, when it should),
+systemd-analyze the unit, and kubernetes-validate the manifests' schemas.
 """
 
 from __future__ import annotations
@@ -21,23 +25,27 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import tempfile
 import tomllib
 import urllib.error
 import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import config as gwconfig
-from gateway.config import load_config
-from gateway.metrics import Metrics
+from gateway.config import ConfigError, is_loopback, load_config
+from sandbox import SERVICE_ACCOUNT
 
-from gwtesting import RedisServer, free_port
+from gwtesting import RedisServer, eventually_sync, free_port, running_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -47,30 +55,6 @@ PROM = DEPLOY / "prometheus"
 PORT = 8080
 CONFIG_IN_IMAGE = "/etc/catalog-gateway/config.toml"
 VENV_SCRIPT = "/opt/catalog-gateway/.venv/bin/catalog-gateway"
-SECRETS = (
-    "GW_API_KEYS", "GW_SESSION_SECRET", "ABCONNECT_USERNAME", "ABCONNECT_PASSWORD",
-    "ABC_CLIENT_ID", "ABC_CLIENT_SECRET",
-)
-REQUIRED_SECRETS = SECRETS[:4]  # the client id/secret are optional for ABConnect's identity
-# GW_* names that are secrets with their own meaning, not GW_<SECTION>_<KEY> overrides.
-GW_SECRETS = {"GW_API_KEYS", "GW_SESSION_SECRET"}
-# Stand-ins for the secrets when a test loads a deployment's environment.
-SAMPLE_SECRETS = {
-    "GW_API_KEYS": "ops:deploy-test-key-1,ci:deploy-test-key-2",
-    "GW_SESSION_SECRET": "s" * 64,
-    "ABCONNECT_USERNAME": "deploy-test",
-    "ABCONNECT_PASSWORD": "deploy-test",
-    "ABC_CLIENT_ID": "",
-    "ABC_CLIENT_SECRET": "",
-}
-CREDENTIALS = {k: SAMPLE_SECRETS[k] for k in ("ABCONNECT_USERNAME", "ABCONNECT_PASSWORD")}
-ALERTS = {
-    "CatalogGatewayDown",
-    "CatalogGatewayUpstreamErrorRatioHigh",
-    "CatalogGatewayBreakerOpen",
-    "CatalogGatewayCacheHitRatioLow",
-    "CatalogGatewayRedisDown",
-}
 SCRAPE_JOB = "catalog-gateway"
 
 
@@ -86,37 +70,70 @@ def override_names() -> set[str]:
     }
 
 
-def valid_gw_names() -> set[str]:
-    return override_names() | GW_SECRETS
+class _LookedUp(Mapping[str, str]):
+    """An empty environment that notes every name looked up in it. Listing it yields
+    nothing, so no GW_<SECTION>_<KEY> override (found by listing) is read from it."""
 
+    def __init__(self) -> None:
+        self.names: list[str] = []
 
-_METRIC_DEF = re.compile(
-    r"\b(Counter|Gauge|Histogram|Summary)\(\s*[\"']([a-zA-Z_:][a-zA-Z0-9_:]*)[\"']"
-)
-_SUFFIXES = {
-    "Counter": ("_total", "_created"),
-    "Gauge": ("",),
-    "Histogram": ("_bucket", "_sum", "_count", "_created"),
-    "Summary": ("", "_sum", "_count", "_created"),
-}
+    def __getitem__(self, name: str) -> str:
+        self.names.append(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
 @functools.cache
-def metric_definitions() -> dict[str, str]:
-    """name -> collector type, from the first string argument of every collector in gateway/."""
-    found: dict[str, str] = {}
-    for path in sorted((ROOT / "gateway").rglob("*.py")):
-        for kind, name in _METRIC_DEF.findall(path.read_text()):
-            found[name.removesuffix("_total") if kind == "Counter" else name] = kind
-    return found
+def secret_names() -> tuple[str, ...]:
+    """The environment names `load_config` reads secrets from, as it looks them up."""
+    env = _LookedUp()
+    load_config(None, env=env)
+    return tuple(dict.fromkeys(env.names))
 
 
-def exported_series_names() -> set[str]:
-    return {
-        name + suffix
-        for name, kind in metric_definitions().items()
-        for suffix in _SUFFIXES[kind]
-    }
+def valid_gw_names() -> set[str]:
+    return override_names() | {name for name in secret_names() if name.startswith("GW_")}
+
+
+def stand_in(name: str) -> str:
+    """A made-up value for a secret, when a test loads a deployment's environment."""
+    return f"deploy-test-{name.lower().replace('_', '-')}"
+
+
+def stand_ins(**real: str) -> dict[str, str]:
+    """Every secret the gateway reads, with stand-in values (or the ones given)."""
+    return {**{name: stand_in(name) for name in secret_names()}, **real}
+
+
+def bind_host() -> str:
+    """The address the image's command binds (its --host)."""
+    argv = exec_form(one("CMD"))
+    return argv[argv.index("--host") + 1]
+
+
+def what_breaks_without(name: str) -> str | None:
+    """What goes wrong in a deployment (deploy/config.toml, the image's bind address, two
+    replicas) given every secret but `name`; None if nothing does."""
+    env = {n: v for n, v in stand_ins().items() if n != name}
+    try:
+        config = load_config(DEPLOY / "config.toml", env=env)
+    except ConfigError as exc:
+        return f"the gateway exits 2 at start-up: {exc}"
+    if not config.api_keys and not is_loopback(bind_host()):
+        return f"the gateway refuses to bind {bind_host()} without API keys"
+    if not config.session_secret:
+        return "each replica draws its own session secret: a sign-in on one is refused by the other"
+    return None
+
+
+@functools.cache
+def required_secrets() -> frozenset[str]:
+    return frozenset(name for name in secret_names() if what_breaks_without(name))
 
 
 _PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
@@ -138,6 +155,16 @@ def promql_metric_names(expr: str) -> set[str]:
             continue  # keyword, function or aggregation
         names.add(word)
     return names
+
+
+def promql_matchers(expr: str) -> set[tuple[str, str, str, str]]:
+    """(metric, label, operator, value) of every label matcher on a named metric."""
+    found = set()
+    for selector in re.finditer(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}", expr):
+        for matcher in re.finditer(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"',
+                                   selector.group(2)):
+            found.add((selector.group(1), *matcher.groups()))
+    return found
 
 
 def console_script() -> tuple[str, str]:
@@ -289,7 +316,7 @@ def test_every_yaml_file_in_deploy_parses() -> None:
 
 
 def test_deploy_config_loads_with_the_real_loader() -> None:
-    config = load_config(DEPLOY / "config.toml", env=CREDENTIALS)
+    config = load_config(DEPLOY / "config.toml", env=stand_ins())
     assert config.upstream.mode == "live"
     assert config.server.port == PORT
     assert config.server.workers == 1  # one process per replica: one Prometheus target each
@@ -396,6 +423,17 @@ def deployment_env_names() -> dict[str, set[str]]:
     return names
 
 
+def test_every_secret_name_is_one_the_gateway_reads_and_keeps_out_of_repr() -> None:
+    """The names found by looking: each changes what load_config returns, never its repr."""
+    assert secret_names(), "load_config looked up no secret at all"
+    plain = load_config(None, env={})
+    for name in secret_names():
+        config = load_config(None, env={name: stand_in(name)})
+        assert config != plain, f"{name} is looked up but changes nothing"
+        assert stand_in(name) not in repr(config), f"{name}'s value shows in repr()"
+    assert not set(secret_names()) & override_names()
+
+
 def test_every_gw_name_the_deployments_set_is_one_the_gateway_reads() -> None:
     valid = valid_gw_names()
     for where, names in deployment_env_names().items():
@@ -403,11 +441,28 @@ def test_every_gw_name_the_deployments_set_is_one_the_gateway_reads() -> None:
         assert not unknown, f"{where}: {sorted(unknown)} are not config keys or known secrets"
 
 
-def test_every_deployment_provides_every_secret() -> None:
+# Where a deployment hands the gateway its secrets. Any other name set there would be one
+# the gateway never reads: a misspelt ABCONNECT_USER is silently ignored, not refused.
+SECRET_CARRIERS = ("compose gateway-a", "compose gateway-b", "k8s Deployment env",
+                   "systemd env example")
+
+
+def test_every_deployment_passes_exactly_the_secrets_the_gateway_reads() -> None:
     names = deployment_env_names()
-    for where in ("compose gateway-a", "compose gateway-b", "k8s Deployment env",
-                  "systemd env example"):
-        assert set(SECRETS) <= names[where], f"{where} lacks {set(SECRETS) - names[where]}"
+    secrets = set(secret_names())
+    for where in SECRET_CARRIERS:
+        assert secrets <= names[where], f"{where} lacks {sorted(secrets - names[where])}"
+        unread = names[where] - secrets - override_names()
+        assert not unread, f"{where} sets {sorted(unread)}, which the gateway never reads"
+
+
+def test_a_deployment_needs_its_required_secrets_and_only_those() -> None:
+    """Which secrets are required is found by leaving each out in turn."""
+    assert what_breaks_without("") is None, "the deployment fails with every secret given"
+    for name in secret_names():
+        broken = what_breaks_without(name)
+        assert (broken is not None) is (name in required_secrets()), (name, broken)
+    assert required_secrets() and set(secret_names()) - required_secrets()
 
 
 def deployment_envs() -> dict[str, dict[str, str]]:
@@ -416,12 +471,12 @@ def deployment_envs() -> dict[str, dict[str, str]]:
     for name, svc in gateway_services().items():
         env = compose_env(svc)
         envs[f"compose {name}"] = {
-            k: SAMPLE_SECRETS[k] if k in SAMPLE_SECRETS else v for k, v in env.items()
+            k: stand_in(k) if k in secret_names() else v for k, v in env.items()
         }
     configmap = k8s("ConfigMap", "catalog-gateway-config")["data"]
-    envs["k8s pod"] = {**{k: str(v) for k, v in configmap.items()}, **SAMPLE_SECRETS}
+    envs["k8s pod"] = {**{k: str(v) for k, v in configmap.items()}, **stand_ins()}
     envs["systemd host"] = {
-        **SAMPLE_SECRETS,
+        **stand_ins(),
         **{name: value for name, value in re.findall(
             r"^#?\s*(GW_CACHE_REDIS_URL)=(\S+)",
             (DEPLOY / "catalog-gateway.env.example").read_text(), flags=re.MULTILINE)},
@@ -450,10 +505,10 @@ def test_the_gateway_starts_with_each_deployments_environment(where: str) -> Non
 
 
 def test_compose_requires_its_secrets_and_never_hardcodes_them() -> None:
-    for name in SECRETS:
+    for name in secret_names():
         values = {compose_env(svc)[name] for svc in gateway_services().values()}
         (value,) = values
-        if name in REQUIRED_SECRETS:
+        if name in required_secrets():
             assert value.startswith("${" + name + ":?"), f"{name} should be required: {value}"
         else:
             assert value == "${" + name + ":-}", f"{name}: {value}"
@@ -462,13 +517,13 @@ def test_compose_requires_its_secrets_and_never_hardcodes_them() -> None:
 def test_secret_template_holds_no_values_and_is_never_applied() -> None:
     secret = secret_template()
     assert secret["kind"] == "Secret"
-    assert set(secret["stringData"]) == set(SECRETS)
+    assert set(secret["stringData"]) == set(secret_names())
     assert all(v == "" for v in secret["stringData"].values()), "a template holds no secrets"
     assert "TEMPLATE" in (K8S / "examples" / "secret.yaml").read_text()
     assert not [o for o in k8s_objects() if o["kind"] == "Secret"]
     example = (DEPLOY / "catalog-gateway.env.example").read_text()
-    assert not re.findall(r"^(?:GW_API_KEYS|GW_SESSION_SECRET|ABCONNECT_PASSWORD)=\S",
-                          example, flags=re.MULTILINE)
+    filled = re.findall(r"^([A-Z][A-Z0-9_]*)=\S", example, flags=re.MULTILINE)
+    assert not set(filled) & set(secret_names()), f"the example fills in {filled}"
 
 
 # --- compose -----------------------------------------------------------------------------------
@@ -542,15 +597,9 @@ def test_prometheus_scrapes_both_replicas_and_loads_the_rules() -> None:
     assert mounts["./prometheus/alerts.yml"] == "/etc/prometheus/alerts.yml"
 
 
-def test_metric_name_parser_finds_every_collector_the_code_registers() -> None:
-    registered = {family.name for family in Metrics().registry.collect()}
-    assert registered <= set(metric_definitions())
-    assert "gateway_redis_up" in metric_definitions()
-
-
-def test_alerts_are_the_ones_documented_and_fully_annotated() -> None:
+def test_alerts_are_fully_annotated() -> None:
     rules = alert_rules()
-    assert set(rules) == ALERTS
+    assert rules
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         assert rule["annotations"]["summary"].strip(), name
@@ -558,32 +607,171 @@ def test_alerts_are_the_ones_documented_and_fully_annotated() -> None:
         assert seconds(rule["for"]) >= 60, name
 
 
-def test_alerts_use_only_metrics_the_gateway_exports() -> None:
-    exported = exported_series_names() | {"up"}
+# --- metrics, as a live gateway exports them ----------------------------------------------------
+
+
+@dataclasses.dataclass
+class Scrape:
+    """What /metrics showed. `labels`: every name a query can select (sample names, and
+    histogram and summary family names) -> label -> the values seen. `families`: each
+    family as documentation writes it (a counter with its `_total`)."""
+
+    labels: dict[str, dict[str, set[str]]]
+    families: set[str]
+
+    @classmethod
+    def of(cls, *texts: str) -> Scrape:
+        labels: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        families = set()
+        for text in texts:
+            for family in text_string_to_metric_families(text):
+                families.add(family.name + ("_total" if family.type == "counter" else ""))
+                for sample in family.samples:
+                    labels[sample.name].update()  # a series without labels is seen too
+                    for label, value in sample.labels.items():
+                        labels[sample.name][label].add(value)
+                    if family.type in ("histogram", "summary"):
+                        labels[family.name].update()
+                        for label, value in sample.labels.items():
+                            if label not in ("le", "quantile"):
+                                labels[family.name][label].add(value)
+        # prometheus_client writes a counter's or histogram's `_created` timestamps as a
+        # gauge family of their own: part of that metric, not another one.
+        stems = {f.removesuffix("_total") for f in families}
+        families = {f for f in families
+                    if not (f.endswith("_created") and f.removesuffix("_created") in stems)}
+        return cls({name: dict(seen) for name, seen in labels.items()}, families)
+
+
+def metrics_text(replica: Replica) -> str:
+    status, body = fetch(replica.base + "/metrics")
+    assert status == 200
+    return body.decode()
+
+
+def drive(a: Replica, b: Replica, upstream: str, key: str) -> None:
+    """A little of everything the alerts and the docs speak of: a miss, a hit, an answer
+    replica b finds in Redis after replica a fetched it, a 404, an override saved (and what
+    it invalidates), and the upstream failing with a 503 and with no answer at all."""
+    headers = {"X-API-Key": key}
+
+    def get(replica: Replica, path: str) -> int:
+        return fetch(replica.base + path, headers=headers)[0]
+
+    def configure(**knobs: Any) -> None:
+        assert fetch(upstream + "/_sandbox/config", "POST", json.dumps(knobs).encode(),
+                     {"Content-Type": "application/json"})[0] == 200
+
+    status, body = fetch(a.base + "/api/Lot?PageSize=100", headers=headers)
+    assert status == 200, body
+    lots = iter([item["id"] for item in json.loads(body)["items"]])
+    lot = next(lots)
+    assert get(a, f"/api/Lot/{lot}") == 200
+    assert get(a, f"/api/Lot/{lot}") == 200
+
+    def found_in_redis_by_b() -> bool:
+        """A lot replica a fetched, read first on replica b: a hit only if found in Redis."""
+        lot = next(lots)
+        assert get(a, f"/api/Lot/{lot}") == 200
+        request = urllib.request.Request(f"{b.base}/api/Lot/{lot}", headers=headers)
+        with urllib.request.urlopen(request, timeout=15) as resp:
+            return resp.headers["X-Cache"] == "HIT"
+
+    eventually_sync(found_in_redis_by_b, "replica b finds in Redis a lot replica a fetched")
+    assert get(a, "/api/Lot/999999") == 404
+    status, body = fetch(a.base + f"/api/v1/lots/{next(lots)}/override", "POST",
+                         json.dumps({"notes": "deploy test"}).encode(),
+                         {**headers, "Content-Type": "application/json"})
+    assert status == 200, body
+    configure(down=True)
+    assert get(a, f"/api/Lot/{next(lots)}") == 503
+    configure(down=False, hang=True)
+    assert get(a, f"/api/Lot/{next(lots)}") == 504  # no answer within upstream.timeout_s
+    configure(hang=False)
+
+
+@pytest.fixture(scope="module")
+def scraped() -> Scrape:
+    """/metrics of two replicas as deployed (the image's command, deploy/config.toml: live
+    mode, Redis backend), after `drive`; here the upstream is a sandbox process."""
+    ports: set[int] = set()
+    while len(ports) < 3:
+        ports.add(free_port())
+    sandbox_port, *gateway_ports = ports
+    redis = RedisServer().start()
+    try:
+        with running_sandbox(sandbox_port) as upstream:
+            user, password = SERVICE_ACCOUNT
+            envs = [clean_env(
+                **stand_ins(ABCONNECT_USERNAME=user, ABCONNECT_PASSWORD=password),
+                GW_UPSTREAM_BASE_URL=upstream, GW_UPSTREAM_IDENTITY_URL=upstream + "/connect/token",
+                GW_CACHE_REDIS_URL=redis.url, GW_SERVER_PORT=str(port),
+                GW_UPSTREAM_RETRIES="0", GW_UPSTREAM_TIMEOUT_S="1",
+            ) for port in gateway_ports]
+            with replicas(*envs) as (a, b):
+                drive(a, b, upstream, key=stand_in("GW_API_KEYS"))
+                return Scrape.of(metrics_text(a), metrics_text(b))
+    finally:
+        redis.stop()
+
+
+def test_alerts_select_only_metrics_a_live_gateway_exports(scraped: Scrape) -> None:
+    exported = set(scraped.labels) | {"up"}  # up: Prometheus' own, one per target
     for name, rule in alert_rules().items():
         used = promql_metric_names(rule["expr"])
         assert used, f"{name}: no metric found in {rule['expr']!r}"
-        assert used <= exported, f"{name} uses {sorted(used - exported)}, not exported"
+        assert used <= exported, f"{name} uses {sorted(used - exported)}: not in /metrics"
 
 
-def test_alerts_watch_what_they_are_named_for() -> None:
-    rules = alert_rules()
-    expect = {
-        "CatalogGatewayDown": {"up"},
-        "CatalogGatewayUpstreamErrorRatioHigh": {"gateway_upstream_requests_total"},
-        "CatalogGatewayBreakerOpen": {"gateway_upstream_breaker_state"},
-        "CatalogGatewayCacheHitRatioLow": {"gateway_cache_lookups_total"},
-        "CatalogGatewayRedisDown": {"gateway_redis_up"},
-    }
-    for name, metrics in expect.items():
-        assert promql_metric_names(rules[name]["expr"]) == metrics, name
-    assert f'job="{SCRAPE_JOB}"' in rules["CatalogGatewayDown"]["expr"]
+def test_alert_label_matchers_select_series_a_live_gateway_exports(scraped: Scrape) -> None:
+    """Each label an alert matches on exists, and each alternative of its value (`a|b`:
+    the alerts use plain alternations) matches a value a live gateway gave it."""
+    checked = 0
+    for name, rule in alert_rules().items():
+        for metric, label, op, value in promql_matchers(rule["expr"]):
+            if metric == "up":
+                continue
+            seen = scraped.labels[metric]
+            assert label in seen, f"{name}: {metric} has no label {label!r}, only {sorted(seen)}"
+            if op not in ("=", "=~"):
+                continue
+            for alternative in value.split("|") if op == "=~" else [re.escape(value)]:
+                assert any(re.fullmatch(alternative, v) for v in seen[label]), (
+                    f"{name}: no {metric} series has {label} ~ {alternative!r} "
+                    f"(seen: {sorted(seen[label])})")
+                checked += 1
+    assert checked, "no label matcher found in the alerts"
 
+
+_DOC_METRIC = re.compile(r"(?<![\w.-])(gateway_[a-z0-9_]+)(?:\{([a-z_, ]*)\})?")
+
+
+def test_the_docs_name_only_metrics_and_labels_a_live_gateway_exports(scraped: Scrape) -> None:
+    """Every gateway_* name in the README and deploy/, with its labels where written
+    (`name{a,b}`), is in a live /metrics; and the README names every metric there is."""
+    readme = (ROOT / "README.md").read_text()
+    texts = {"README.md": readme, **{str(p.relative_to(ROOT)): p.read_text(errors="replace")
+                                     for p in sorted(DEPLOY.rglob("*")) if p.is_file()}}
+    mentioned = 0
+    for where, text in texts.items():
+        for match in _DOC_METRIC.finditer(text):
+            name, labels = match.groups()
+            assert name in scraped.labels, f"{where} names {name}: not in /metrics"
+            if labels is not None:
+                written = {label.strip() for label in labels.split(",")}
+                assert written == set(scraped.labels[name]), (
+                    f"{where}: {match.group()}, but /metrics labels it "
+                    f"{sorted(scraped.labels[name])}")
+            mentioned += 1
+    assert mentioned
+    undocumented = {f for f in scraped.families if f.startswith("gateway_") and f not in readme}
+    assert not undocumented, f"the README's Metrics section lacks {sorted(undocumented)}"
 
 def test_promql_parser() -> None:
     expr = ('sum by (job) (rate(a_total{status=~"5..|error"}[5m])) / on(job) '
             'max without (instance) (b) > 0.05 and c unless histogram_quantile(0.9, d_bucket)')
     assert promql_metric_names(expr) == {"a_total", "b", "c", "d_bucket"}
+    assert promql_matchers(expr) == {("a_total", "status", "=~", "5..|error")}
 
 
 def promtool() -> str:
@@ -644,7 +832,9 @@ def rule_cases() -> list[dict[str, Any]]:
     lot = "/api/Lot/{id}"
     return [
         # A replica stops answering scrapes at minute 2; the alert needs a minute to fire.
-        case([series("up", "1 1 0 0 0 0", instance=A), series("up", "1x5", instance=B)],
+        # Another job's target being down is not the gateway's alert.
+        case([series("up", "1 1 0 0 0 0", instance=A), series("up", "1x5", instance=B),
+              series("up", "0x5", job="node", instance="gateway-a:9100")],
              ("1m", "CatalogGatewayDown", []),
              ("5m", "CatalogGatewayDown",
               [expected_alert("CatalogGatewayDown", {**JOB, "instance": A})])),
@@ -697,7 +887,7 @@ def rule_cases() -> list[dict[str, Any]]:
 def test_every_alert_has_a_firing_case() -> None:
     fired = {check["alertname"] for case in rule_cases() for check in case["alert_rule_test"]
              if check["exp_alerts"]}
-    assert fired == ALERTS
+    assert fired == set(alert_rules())
 
 
 def test_alerts_fire_when_they_should_and_only_then(tmp_path: Path) -> None:
@@ -749,13 +939,13 @@ def test_k8s_env_comes_from_the_configmap_and_secret_refs() -> None:
     k8s("ConfigMap", source["configMapRef"]["name"])  # exists
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
             if "secretKeyRef" in e.get("valueFrom", {})}
-    assert set(refs) == set(SECRETS)
+    assert set(refs) == set(secret_names())
     secret = secret_template()
     for name, ref in refs.items():
         assert ref["name"] == secret["metadata"]["name"]
         assert ref["key"] in secret["stringData"]
-        assert ref.get("optional", False) is (name not in REQUIRED_SECRETS), name
-    assert not [e for e in container["env"] if "value" in e and e["name"] in SECRETS]
+        assert ref.get("optional", False) is (name not in required_secrets()), name
+    assert not [e for e in container["env"] if "value" in e and e["name"] in secret_names()]
 
 
 def test_k8s_service_exposes_8080_for_the_pods_and_for_prometheus() -> None:
@@ -846,6 +1036,9 @@ def test_systemd_analyze_accepts_every_directive(tmp_path: Path) -> None:
 # --- the image's command and health check, run as processes ------------------------------------
 
 
+# --- the image's command, run as processes ------------------------------------------------------
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("GW_", "ABCONNECT_", "ABC_CLIENT"))}
@@ -861,6 +1054,73 @@ def image_cmd(host: str) -> list[str]:
     return [sys.executable, "-m", module, *(local.get(a, a) for a in argv[1:])]
 
 
+def fetch(url: str, method: str = "GET", body: bytes | None = None,
+          headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+    """(status, body) of one request; an HTTP error status is an answer, not an exception."""
+    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=15) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@dataclasses.dataclass
+class Replica:
+    """One gateway process. Its output goes to a file: a pipe nobody reads could fill up
+    and stall it."""
+
+    base: str
+    log: IO[bytes]
+    proc: subprocess.Popen | None = None
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def ready(self) -> bool:
+        assert self.proc is not None
+        assert self.proc.poll() is None, f"exited {self.proc.returncode}:\n{self.output()}"
+        try:
+            return fetch(self.base + "/readyz")[0] == 200
+        except OSError:
+            return False
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 20) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout_s`; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+@contextmanager
+def replicas(*envs: dict[str, str]) -> Iterator[list[Replica]]:
+    """The image's command on loopback once per environment (each with its GW_SERVER_PORT),
+    all started before any is waited for; yields them once /readyz answers, and stops every
+    one started, whatever happens."""
+    started: list[Replica] = []
+    try:
+        for env in envs:
+            started.append(Replica(f"http://127.0.0.1:{env['GW_SERVER_PORT']}",
+                                   tempfile.TemporaryFile()))
+            started[-1].proc = subprocess.Popen(image_cmd(host="127.0.0.1"), env=env, cwd=ROOT,
+                                                stdout=started[-1].log, stderr=subprocess.STDOUT)
+        for replica in started:
+            eventually_sync(replica.ready, f"{replica.base}/readyz answers 200", timeout_s=60,
+                            every_s=0.1)
+        yield started
+    finally:
+        for replica in started:
+            if replica.proc is not None:
+                stop(replica.proc)
+            replica.log.close()
+
+
 def test_the_image_command_refuses_to_listen_without_api_keys() -> None:
     result = subprocess.run(
         image_cmd(host="0.0.0.0"), capture_output=True, text=True, timeout=60, cwd=ROOT,
@@ -871,7 +1131,7 @@ def test_the_image_command_refuses_to_listen_without_api_keys() -> None:
 
 
 @pytest.fixture
-def redis_server() -> Any:
+def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.stop()
@@ -880,44 +1140,30 @@ def redis_server() -> Any:
 def test_the_image_command_serves_passes_its_health_check_and_stops_on_sigterm(
     redis_server: RedisServer,
 ) -> None:
-    port = free_port()
     env = clean_env(
         # The deploy config with its Redis backend, on the embedded sandbox (no ABConnect
         # here) and loopback addresses. GW_SESSION_SECRET is left to
         # test_the_gateway_starts_with_each_deployments_environment.
         GW_UPSTREAM_MODE="sandbox", GW_CACHE_REDIS_URL=redis_server.url,
-        GW_SERVER_PORT=str(port), GW_SANDBOX_LATENCY_MS="5", GW_SANDBOX_JITTER_MS="0",
-        GW_API_KEYS=SAMPLE_SECRETS["GW_API_KEYS"],
+        GW_SERVER_PORT=str(free_port()), GW_SANDBOX_LATENCY_MS="5", GW_SANDBOX_JITTER_MS="0",
+        GW_API_KEYS=stand_in("GW_API_KEYS"),
     )
-    proc = subprocess.Popen(image_cmd(host="127.0.0.1"), env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     health = exec_form(one("HEALTHCHECK"))
     health = [sys.executable if health[0] == "python" else health[0], *health[1:]]
-    try:
-        deadline = time.monotonic() + 60
-        while subprocess.run(health, env=env, capture_output=True).returncode != 0:
-            assert proc.poll() is None, proc.communicate()[1].decode()
-            assert time.monotonic() < deadline, "the HEALTHCHECK never passed"
-            time.sleep(0.2)
-        base = f"http://127.0.0.1:{port}"
-        with urllib.request.urlopen(base + "/readyz", timeout=10) as resp:
-            assert resp.status == 200
-        with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
-            text = resp.read().decode()
+
+    def health_check() -> int:
+        return subprocess.run(health, env=env, capture_output=True, timeout=30).returncode
+
+    with replicas(env) as (replica,):
+        assert health_check() == 0, "the HEALTHCHECK fails on a gateway that is up"
+        text = metrics_text(replica)
         assert "gateway_upstream_breaker_state 0.0" in text
         assert "gateway_redis_up 1.0" in text
-        with pytest.raises(urllib.error.HTTPError) as denied:  # keys are enforced
-            urllib.request.urlopen(base + "/api/Seller", timeout=10)
-        assert denied.value.code == 401
-        proc.send_signal(signal.SIGTERM)
+        assert fetch(replica.base + "/api/Seller")[0] == 401  # keys are enforced
+        assert replica.proc is not None
         stop_s = seconds(unit()["Service"]["TimeoutStopSec"])
-        assert proc.wait(timeout=stop_s) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
+        assert stop(replica.proc, stop_s) == 0, replica.output()
+        assert health_check() != 0, "the HEALTHCHECK passes with the gateway stopped"
 
 
 # --- documentation -----------------------------------------------------------------------------
@@ -928,5 +1174,5 @@ def test_the_deploying_docs_explain_every_alert_and_secret() -> None:
     section = DEPLOY / "README-section.md"
     if section.exists():
         docs += section.read_text()
-    for name in (*ALERTS, *SECRETS):
+    for name in (*alert_rules(), *secret_names()):
         assert name in docs, f"{name} is not documented"

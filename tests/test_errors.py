@@ -3,7 +3,14 @@ never a hang."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import Config
+from gateway.embedded import aimed_at
 
 from gwtesting import timed
 
@@ -78,13 +85,46 @@ async def test_cold_key_with_upstream_down_fails_fast_with_503(start_gateway):
     assert took < 2.0
 
 
-async def test_upstream_errors_map_to_502(start_gateway):
+async def upstream_answering(aiohttp_server, state: dict[str, Any]) -> str:
+    """A stand-in upstream whose /api answers have status `state["status"]` (counted in
+    `state["calls"]`); its identity endpoint grants any token. Its base URL."""
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": "t", "token_type": "Bearer",
+                                  "expires_in": 3600})
+
+    async def api(request: web.Request) -> web.Response:
+        state["calls"] += 1
+        if state["status"] == 200:
+            return web.json_response({"id": int(request.match_info["id"])})
+        return web.json_response({"status": state["status"], "title": "Upstream trouble"},
+                                 status=state["status"])
+
+    app = web.Application()
+    app.router.add_post("/connect/token", token)
+    app.router.add_get("/api/Lot/{id}", api)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.mark.parametrize(("status", "tries"), [(500, 1), (502, 2)])  # 502 is retried
+async def test_upstream_errors_map_to_502(aiohttp_server, aiohttp_client, status, tries):
+    state = {"status": status, "calls": 0}
+    url = await upstream_answering(aiohttp_server, state)
+    app = create_app(aimed_at(Config().replace(upstream={"retries": 1}), url))
+    client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})
+    await assert_problem(await client.get("/api/Lot/7"), 502)
+    assert state["calls"] == tries
+    state["status"] = 200
+    assert await (await client.get("/api/Lot/7")).json() == {"id": 7}  # failure not cached
+
+
+async def test_upstream_503s_are_503_and_not_cached(start_gateway):
     gw = await start_gateway(upstream={"retries": 1})
     gw.sandbox.configure(fail_writes=None, error_rate=1.0)
     lot_id = next(iter(gw.sandbox.data.lots))
-    resp = await gw.client.get(f"/api/Lot/{lot_id}")
-    assert resp.status in (502, 503)
-    await assert_problem(resp, resp.status)
+    await assert_problem(await gw.client.get(f"/api/Lot/{lot_id}"), 503)
+    assert gw.calls("GET /api/Lot/{id}") == 2  # first try + 1 retry
     gw.sandbox.configure(error_rate=0.0)
     assert (await gw.client.get(f"/api/Lot/{lot_id}")).status == 200  # failure not cached
 

@@ -29,6 +29,8 @@ from sandbox.server import (
     start_sandbox,
 )
 
+from gwtesting import eventually
+
 ANCHOR = datetime(2026, 3, 1, tzinfo=UTC)
 
 
@@ -137,20 +139,41 @@ def test_data_deterministic_per_seed():
 
 
 def test_default_anchor_is_today():
+    def midnight(moment: datetime) -> datetime:
+        return datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+
+    # The day may roll over while the data is built: the anchor is one of the two days.
+    before = datetime.now(UTC)
     data = SandboxData(1)
-    now = datetime.now(UTC)
-    assert data.anchor == datetime(now.year, now.month, now.day, tzinfo=UTC)
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert all(data.catalogs[c]["endDate"] < stamp for c in data.past_catalog_ids())
-    assert all(data.catalogs[c]["startDate"] > stamp for c in data.future_catalog_ids())
+    after = datetime.now(UTC)
+    assert data.anchor in {midnight(before), midnight(after)}
+    assert data.past_catalog_ids() and data.future_catalog_ids()
+    # Past events ended before the data was built, upcoming ones start after it.
+    ended_by = before.strftime("%Y-%m-%dT%H:%M:%SZ")
+    starts_after = after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert all(data.catalogs[c]["endDate"] < ended_by for c in data.past_catalog_ids())
+    assert all(data.catalogs[c]["startDate"] > starts_after for c in data.future_catalog_ids())
 
 
 def test_lot_answer_is_cheap():
+    """Building a lot's answer costs little next to writing it out as JSON, which every
+    answer must (here about 9 µs against 8 µs)."""
     data = SandboxData(1, ANCHOR)
-    started = time.process_time()
-    for _ in range(500):
-        json.dumps(data.lot_dto(HTML_LOT_ID, "http://127.0.0.1:8080"), separators=(",", ":"))
-    assert (time.process_time() - started) / 500 < 0.005  # well under 0.1 ms here
+    built = data.lot_dto(HTML_LOT_ID, "http://127.0.0.1:8080")
+
+    def cpu_s(work) -> float:  # the least of a few runs: the least disturbed
+        runs = []
+        for _ in range(5):
+            started = time.process_time()
+            for _ in range(200):
+                work()
+            runs.append(time.process_time() - started)
+        return min(runs)
+
+    answer = cpu_s(lambda: json.dumps(data.lot_dto(HTML_LOT_ID, "http://127.0.0.1:8080"),
+                                      separators=(",", ":")))
+    serialise = cpu_s(lambda: json.dumps(built, separators=(",", ":")))
+    assert answer < 3 * serialise, (answer, serialise)
 
 
 # ------------------------------------------------------------------------ routes
@@ -330,8 +353,13 @@ async def test_token_expiry(client, sandbox):
     tokens = await login(client)
     headers = {"Authorization": f"Bearer {tokens['access_token']}"}
     await get_json(client, "/api/Lot/10001", headers)
-    await asyncio.sleep(0.08)
-    await get_json(client, "/api/Lot/10001", headers, status=401)
+
+    async def refused() -> bool:
+        return (await client.get("/api/Lot/10001", headers=headers)).status == 401
+
+    await eventually(refused, "a token past its 0.05 s lifetime is refused", timeout_s=2)
+    resp = await client.get("/api/Lot/10001", headers=headers)
+    assert resp.status == 401 and (await resp.json())["status"] == 401
 
 
 async def test_revoke_tokens(client, sandbox):
@@ -493,12 +521,17 @@ async def test_down_and_error_rate(client, sandbox, auth):
 async def test_hang_until_released(client, sandbox, auth):
     sandbox.hang = True
     task = asyncio.create_task(client.get("/api/Lot/10001", headers=auth))
-    await asyncio.sleep(0.2)
-    assert not task.done() and sandbox.inflight == 1
-    sandbox.hang = False
-    resp = await asyncio.wait_for(task, 2)
-    assert resp.status == 200
-    assert sandbox.inflight == 0
+    try:
+        await eventually(lambda: sandbox.inflight == 1, "the request reached the sandbox")
+        # Held, not answered: still pending a while after it arrived.
+        done, _ = await asyncio.wait({task}, timeout=0.2)
+        assert not done and sandbox.inflight == 1
+        sandbox.hang = False
+        resp = await asyncio.wait_for(task, 2)
+        assert resp.status == 200
+        assert sandbox.inflight == 0
+    finally:
+        task.cancel()
 
 
 async def test_hang_ends_when_client_leaves(client, sandbox, auth):
@@ -507,11 +540,8 @@ async def test_hang_ends_when_client_leaves(client, sandbox, auth):
     async with aiohttp.ClientSession() as session:
         with pytest.raises(asyncio.TimeoutError):
             await session.get(url, headers=auth, timeout=aiohttp.ClientTimeout(total=0.15))
-    for _ in range(40):
-        if sandbox.inflight == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert sandbox.inflight == 0
+    await eventually(lambda: sandbox.inflight == 0, "the held request ended with its client",
+                     timeout_s=2)
 
 
 async def test_counters_and_max_inflight(client, sandbox, auth):

@@ -63,5 +63,7 @@ def spinner_delay_ms(page: Any, panel: str, click: Any) -> float:
     click()
     page.wait_for_function("window.__spin !== null", timeout=3000)
     spin = page.evaluate("window.__spin")
-    assert spin["dimmedTo"] < 1
+    # The watcher only records once the content is dimmed at all (opacity < 1); a user must
+    # see it: dimmed to well under full strength.
+    assert spin["dimmedTo"] <= 0.6, f"{panel}'s content barely dims: opacity {spin['dimmedTo']}"
     return spin["delayMs"]

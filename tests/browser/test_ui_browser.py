@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from PIL import Image
 from playwright.sync_api import expect
 
 from sandbox import HTML_LOT_ID, HTML_SNIPPET
@@ -26,6 +28,13 @@ def base() -> Iterator[str]:
         yield url
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "spinner-delays.json").write_text(json.dumps(DELAYS, indent=2))
+
+
+@pytest.fixture
+def fresh_base() -> Iterator[str]:
+    """A gateway of this test's own: nothing is cached in it that the test did not load."""
+    with running_gateway() as url:
+        yield url
 
 
 def lot_rows(page: Any) -> Any:
@@ -126,19 +135,21 @@ class RequestEnds:
         return self.ends.get(url)
 
 
-def two_events(base: str) -> tuple[int, int]:
-    """Two events of one seller other than those the other tests load."""
+def two_events(base: str) -> tuple[int, int, int]:
+    """A seller with two events, and those two."""
     for seller in range(103, 113):
         events = get_json(f"{base}/api/v1/sellers/{seller}/events?include_past=true")
-        ids = [e["id"] for e in events["items"] if e["id"] != BIG_EVENT]
+        ids = [e["id"] for e in events["items"]]
         if len(ids) >= 2:
             return seller, ids[0], ids[1]
     raise AssertionError("no seller with two events")
 
 
-def test_two_quick_event_clicks_end_with_the_second_event(base, page):
+def test_two_quick_event_clicks_end_with_the_second_event(fresh_base, page):
+    base = fresh_base
     seller, first, second = two_events(base)
-    get(f"{base}/api/v1/catalogs/{second}/lots")  # warm: the second answers long before the first
+    # Warm the second: in this fresh gateway the first, still cold, answers long after it.
+    get(f"{base}/api/v1/catalogs/{second}/lots")
     page.goto(f"{base}/?seller={seller}&past=1")
     titles = {int(e.get_attribute("data-event-id")): e.locator(".item-title").inner_text()
               for e in page.locator("#panel-events [data-event-id]").all()}
@@ -160,9 +171,10 @@ def test_two_quick_event_clicks_end_with_the_second_event(base, page):
         re.compile("is-current"))
 
 
-def test_choosing_another_seller_drops_a_lots_answer_still_on_its_way(base, page):
+def test_choosing_another_seller_drops_a_lots_answer_still_on_its_way(fresh_base, page):
+    base = fresh_base
     events = get_json(f"{base}/api/v1/sellers/112/events?include_past=true")["items"]
-    event = events[-1]["id"]  # no other test loads it: its answer takes two round trips
+    event = events[-1]["id"]  # cold in this fresh gateway: its answer takes two round trips
     page.goto(f"{base}/?seller=112&past=1")
     requests = RequestEnds(page)
     page.locator(f'#panel-events [data-event-id="{event}"]').click()
@@ -253,10 +265,36 @@ def test_keyboard_enter_on_a_list_item_loads_its_panel(base, page):
     expect(lot_rows(page)).to_have_count(25)
 
 
+def colours_in(shot: Image.Image, box: dict[str, float]) -> int:
+    """How many distinct colours the screenshot has inside `box` (clipped to it)."""
+    left, top = max(0, int(box["x"])), max(0, int(box["y"]))
+    right = min(shot.width, int(box["x"] + box["width"]))
+    bottom = min(shot.height, int(box["y"] + box["height"]))
+    assert right - left > 10 and bottom - top > 10, f"{box} is (nearly) off the screenshot"
+    return len(shot.crop((left, top, right, bottom)).getcolors(maxcolors=1 << 24) or [])
+
+
 def test_screenshot_of_the_three_panels(base, page):
     page.goto(f"{base}/?seller={SELLER}&event={BIG_EVENT}")
+    # What the screenshot is to show: the seller and its event chosen, the event's first 25
+    # lots with their images, and nothing still loading.
+    expect(page.locator(f'#panel-sellers [data-seller-id="{SELLER}"]')).to_have_class(
+        re.compile("is-current"))
+    expect(page.locator(f'#panel-events [data-event-id="{BIG_EVENT}"]')).to_have_class(
+        re.compile("is-current"))
     expect(lot_rows(page)).to_have_count(25)
-    page.locator("#panel-lots img").first.evaluate("img => img.decode()")
+    assert row_ids(page) == lot_ids(base, BIG_EVENT)
+    expect(page.locator("#lots-status")).to_contain_text("150 lots, showing 1–25")
+    for panel in ("#panel-sellers", "#panel-events", "#panel-lots"):
+        expect(page.locator(panel)).to_be_visible()
+        expect(page.locator(f"{panel} > .htmx-indicator")).to_be_hidden()
+    image = page.locator("#panel-lots img").first
+    image.evaluate("img => img.decode()")
+    assert image.evaluate("img => img.complete && img.naturalWidth > 0"), "image not loaded"
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "ui.png"))
-    assert (ARTIFACTS / "ui.png").stat().st_size > 10_000
+    shot = Image.open(io.BytesIO(page.screenshot(path=str(ARTIFACTS / "ui.png")))).convert("RGB")
+    # And it is drawn: each panel, and the first lot's image, is more than a blank area.
+    for selector in ("#panel-sellers", "#panel-events", "#panel-lots", "#panel-lots img"):
+        box = page.locator(selector).first.bounding_box()
+        assert box is not None, f"{selector} is not rendered"
+        assert colours_in(shot, box) >= 16, f"{selector} is blank in the screenshot"
