@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from functools import cache
@@ -293,7 +294,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = 'Bearer realm="catalog-gateway"'
         if exc.retry_after is not None:
-            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+            # Rounded up: a client told to come back must not come back too early.
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return problem(exc.status, exc.title, exc.detail, headers)
     except web.HTTPException as exc:
         if exc.status < 400:

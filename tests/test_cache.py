@@ -4,11 +4,15 @@ generation-safe invalidation, errors not stored, TTL and the byte bound."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
 from gateway.cache import Cache, Result
 from gateway.cache.locks import KeyedLocks
+
+T = TypeVar("T")
 
 
 class FakeUpstream:
@@ -41,46 +45,76 @@ class Clock:
 
 
 async def settle() -> None:
-    """Let every ready task run up to its next real wait."""
+    """Let every ready task run up to its next real wait: a few turns of the loop, no time
+    passing (nothing here completes on a timer; the fake upstream waits for release())."""
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+DEADLINE_S = 5.0  # nothing here waits on anything real: a wait this long is a deadlock
+
+
+async def done(awaitable: Awaitable[T]) -> T:
+    """`awaitable`'s result, failing (not hanging) if it does not come within DEADLINE_S."""
+    try:
+        return await asyncio.wait_for(awaitable, DEADLINE_S)
+    except TimeoutError:
+        raise AssertionError(f"still waiting after {DEADLINE_S:g} s: a deadlock") from None
+
+
+@pytest.fixture
+async def spawn() -> AsyncIterator[Callable[[Coroutine[Any, Any, T]], asyncio.Task[T]]]:
+    """create_task for the test; every task still running at its end is cancelled, so a
+    failed assert leaves nothing behind."""
+    tasks: list[asyncio.Task] = []
+
+    def start(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.create_task(coro)
+        tasks.append(task)
+        return task
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def make_cache(**kw) -> Cache:
     return Cache(ttl_s=kw.pop("ttl_s", 60), max_bytes=kw.pop("max_bytes", 10**6), **kw)
 
 
-async def test_concurrent_misses_share_one_fetch_and_all_get_it() -> None:
+async def test_concurrent_misses_share_one_fetch_and_all_get_it(spawn) -> None:
     cache, up = make_cache(), FakeUpstream()
-    waiters = [asyncio.create_task(cache.get(("lot", 1), up.fetch)) for _ in range(100)]
+    waiters = [spawn(cache.get(("lot", 1), up.fetch)) for _ in range(100)]
     await settle()
     assert up.calls == 1
     up.release()
-    lookups = await asyncio.gather(*waiters)
+    lookups = await done(asyncio.gather(*waiters))
     assert {lk.entry.body for lk in lookups} == {b"v1"}
     results = sorted(lk.result for lk in lookups)
     assert results.count(Result.MISS) == 1 and results.count(Result.COALESCED) == 99
-    hit = await cache.get(("lot", 1), up.fetch)
+    hit = await done(cache.get(("lot", 1), up.fetch))
     assert hit.result is Result.HIT and up.calls == 1
 
 
-async def test_fetch_in_flight_when_invalidated_does_not_write_back() -> None:
+async def test_fetch_in_flight_when_invalidated_does_not_write_back(spawn) -> None:
     cache, up = make_cache(), FakeUpstream()
-    before = asyncio.create_task(cache.get(("lot", 1), up.fetch))
+    before = spawn(cache.get(("lot", 1), up.fetch))
     await settle()
     up.body = b"v2"  # the upstream changes (a save) while the old read is in flight
     await cache.invalidate(("lot", 1))
-    after = asyncio.create_task(cache.get(("lot", 1), up.fetch))
+    after = spawn(cache.get(("lot", 1), up.fetch))
     await settle()
     assert up.calls == 2, "a get after invalidate must not join the older fetch"
     up.release()
-    assert (await before).entry.body == b"v1"  # it asked before the save: may see old data
-    assert (await after).entry.body == b"v2"
-    stored = await cache.get(("lot", 1), up.fetch)
+    # It asked before the save: it may see old data.
+    assert (await done(before)).entry.body == b"v1"
+    assert (await done(after)).entry.body == b"v2"
+    stored = await done(cache.get(("lot", 1), up.fetch))
     assert stored.result is Result.HIT and stored.entry.body == b"v2"
 
 
-async def test_invalidated_fetch_finishing_last_does_not_overwrite_newer_value() -> None:
+async def test_invalidated_fetch_finishing_last_does_not_overwrite_newer_value(spawn) -> None:
     cache = make_cache()
     old_gate, new_gate = asyncio.Event(), asyncio.Event()
 
@@ -92,43 +126,43 @@ async def test_invalidated_fetch_finishing_last_does_not_overwrite_newer_value()
         await new_gate.wait()
         return b"new"
 
-    old = asyncio.create_task(cache.get(("lot", 7), old_fetch))
+    old = spawn(cache.get(("lot", 7), old_fetch))
     await settle()
     await cache.invalidate(("lot", 7))
-    new = asyncio.create_task(cache.get(("lot", 7), new_fetch))
+    new = spawn(cache.get(("lot", 7), new_fetch))
     await settle()
     new_gate.set()
-    await new
+    await done(new)
     old_gate.set()  # the pre-invalidation fetch lands after the fresh one
-    await old
+    await done(old)
     assert cache.peek(("lot", 7)).body == b"new"
 
 
-async def test_errors_reach_every_waiter_and_are_not_stored() -> None:
+async def test_errors_reach_every_waiter_and_are_not_stored(spawn) -> None:
     cache, up = make_cache(), FakeUpstream()
     up.error = RuntimeError("upstream down")
-    waiters = [asyncio.create_task(cache.get(("lot", 1), up.fetch)) for _ in range(5)]
+    waiters = [spawn(cache.get(("lot", 1), up.fetch)) for _ in range(5)]
     await settle()
     up.release()
-    outcomes = await asyncio.gather(*waiters, return_exceptions=True)
+    outcomes = await done(asyncio.gather(*waiters, return_exceptions=True))
     assert all(isinstance(o, RuntimeError) for o in outcomes)
     assert cache.peek(("lot", 1)) is None
     up.error = None
-    assert (await cache.get(("lot", 1), up.fetch)).result is Result.MISS
+    assert (await done(cache.get(("lot", 1), up.fetch))).result is Result.MISS
     assert up.calls == 2
 
 
-async def test_cancelled_caller_does_not_cancel_the_shared_fetch() -> None:
+async def test_cancelled_caller_does_not_cancel_the_shared_fetch(spawn) -> None:
     cache, up = make_cache(), FakeUpstream()
-    first = asyncio.create_task(cache.get(("lot", 1), up.fetch))
+    first = spawn(cache.get(("lot", 1), up.fetch))
     await settle()
     first.cancel()  # the only caller goes away (client disconnected)
     with pytest.raises(asyncio.CancelledError):
-        await first
-    second = asyncio.create_task(cache.get(("lot", 1), up.fetch))
+        await done(first)
+    second = spawn(cache.get(("lot", 1), up.fetch))
     await settle()
     up.release()
-    assert (await second).result is Result.COALESCED
+    assert (await done(second)).result is Result.COALESCED
     assert up.calls == 1
     assert cache.peek(("lot", 1)).body == b"v1"
 
@@ -141,7 +175,7 @@ async def test_entries_expire_after_ttl() -> None:
     clock.now += 9.9
     assert (await cache.get(("lot", 1), up.fetch)).result is Result.HIT
     clock.now += 0.2
-    assert (await cache.get(("lot", 1), up.fetch)).result is Result.MISS
+    assert (await done(cache.get(("lot", 1), up.fetch))).result is Result.MISS
     assert up.calls == 2
 
 
@@ -189,7 +223,7 @@ async def test_etag_and_derived_values_follow_the_body() -> None:
     assert second.etag != first.etag and second.derive("n", len) == 3
 
 
-async def test_keyed_locks_serialise_one_key_leave_others_free_and_clean_up() -> None:
+async def test_keyed_locks_serialise_one_key_leave_others_free_and_clean_up(spawn) -> None:
     locks, inside, overlaps, order = KeyedLocks(), {}, 0, []
 
     async def work(key: str, n: int) -> None:
@@ -201,11 +235,11 @@ async def test_keyed_locks_serialise_one_key_leave_others_free_and_clean_up() ->
             await asyncio.sleep(0.01)
             inside[key] -= 1
 
-    tasks = [asyncio.create_task(work(key, n)) for n in range(3) for key in ("a", "b")]
+    tasks = [spawn(work(key, n)) for n in range(3) for key in ("a", "b")]
     await settle()
     assert order == [("a", 0), ("b", 0)]  # different keys do not wait for each other
     assert len(locks) == 2
-    await asyncio.gather(*tasks)
+    await done(asyncio.gather(*tasks))
     assert overlaps == 0
     assert [n for key, n in order if key == "a"] == [0, 1, 2]  # in arrival order
     assert len(locks) == 0  # nothing kept for keys nobody holds

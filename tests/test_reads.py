@@ -50,7 +50,9 @@ async def test_event_page_cold_is_two_round_trips_then_warm_is_milliseconds(star
         assert resp.status == 200 and resp.headers["X-Cache"] == "HIT"
         assert await resp.json() == page1
         warm.append(took)
-    assert statistics.median(warm) < 0.100, f"warm page took {warm}"
+    # Assembled from the cache with no I/O: a small fraction of one upstream round trip
+    # (about 1 ms measured against 250 ms; the bound is 10 ms).
+    assert statistics.median(warm) < rtt / 25, f"warm page took {warm}, round trip {rtt}"
     assert gw.calls("GET /api/Lot/{id}") == 50  # warm pages made no upstream call
 
 
