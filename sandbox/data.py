@@ -309,6 +309,12 @@ class SandboxData:
         self.seller_catalog_ids: dict[int, list[int]] = {}
         self._next_image_id = FIRST_IMAGE_ID
         self._build(random.Random(seed))
+        # New records continue after the seeded ones; ids are never reused after a delete.
+        self._next_id = {
+            "seller": max(self.sellers) + 1,
+            "catalog": max(self.catalogs) + 1,
+            "lot": max(self.lots) + 1,
+        }
 
     # ------------------------------------------------------------------ build
 
@@ -501,6 +507,22 @@ class SandboxData:
                 return catalog
         return None
 
+    def catalogs_by_customer_id(self, customer_catalog_id: str) -> list[dict[str, Any]]:
+        return [c for c in self.catalogs.values()
+                if c["customerCatalogId"] == customer_catalog_id]
+
+    def seller_by_display_id(self, customer_display_id: int) -> dict[str, Any] | None:
+        for seller in self.sellers.values():
+            if seller["customerDisplayId"] == customer_display_id:
+                return seller
+        return None
+
+    def lot_by_customer_item_id(self, customer_item_id: str) -> dict[str, Any] | None:
+        for lot in self.lots.values():
+            if lot["customerItemId"] == customer_item_id:
+                return lot
+        return None
+
     def catalog_ids_for_seller(self, seller_id: int) -> list[int]:
         return list(self.seller_catalog_ids.get(seller_id, []))
 
@@ -524,6 +546,14 @@ class SandboxData:
     def catalog_expanded(self, catalog_id: int) -> dict[str, Any]:
         """CatalogExpandedDto (the stored dict itself; do not mutate)."""
         return self.catalogs[catalog_id]
+
+    def catalog_with_sellers(self, catalog_id: int) -> dict[str, Any]:
+        """CatalogWithSellersDto: the catalog with ``sellers`` but without ``lots``."""
+        return {**self.catalog_dto(catalog_id), "sellers": self.catalogs[catalog_id]["sellers"]}
+
+    def seller_dto(self, seller_id: int) -> dict[str, Any]:
+        """SellerDto (a copy)."""
+        return dict(self.sellers[seller_id])
 
     def seller_expanded(self, seller_id: int) -> dict[str, Any]:
         """SellerExpandedDto: the seller plus its catalogs as CatalogDto."""
@@ -610,3 +640,267 @@ class SandboxData:
                 entries.append({"id": lot_id, "lotNumber": numbers[catalog_id]})
                 entries.sort(key=lambda e: (lot_number_key(e["lotNumber"]), e["id"]))
             self.catalogs[catalog_id]["lots"] = entries
+
+    # --------------------------------------------------------- sellers: writes
+    #
+    # Catalogs embed their sellers by reference (the very dicts in ``self.sellers``), so
+    # a seller changed in place is changed in every catalog that embeds it.
+
+    def add_seller(self, name: str | None, customer_display_id: int,
+                   is_active: bool) -> dict[str, Any]:
+        seller_id = self._take_id("seller")
+        self.sellers[seller_id] = {
+            "id": seller_id,
+            "name": name,
+            "customerDisplayId": customer_display_id,
+            "isActive": is_active,
+        }
+        self.seller_catalog_ids[seller_id] = []
+        return self.sellers[seller_id]
+
+    def update_seller(self, seller_id: int, **fields: Any) -> dict[str, Any]:
+        """Set any of ``name``, ``customerDisplayId``, ``isActive`` (read-shape names)."""
+        seller = self.sellers[seller_id]
+        for key, value in fields.items():
+            if key not in ("name", "customerDisplayId", "isActive"):
+                raise KeyError(key)
+            seller[key] = value
+        return seller
+
+    def delete_seller(self, seller_id: int) -> None:
+        """Remove the seller, and remove it from every catalog that had it."""
+        del self.sellers[seller_id]
+        for catalog_id in self.seller_catalog_ids.pop(seller_id, []):
+            catalog = self.catalogs[catalog_id]
+            catalog["sellers"] = [s for s in catalog["sellers"] if s["id"] != seller_id]
+
+    # -------------------------------------------------------- catalogs: writes
+
+    def add_catalog(
+        self,
+        *,
+        customer_catalog_id: str | None,
+        agent: str | None,
+        title: str | None,
+        start_date: str,
+        end_date: str,
+        seller_ids: list[int],
+    ) -> dict[str, Any]:
+        """A new catalog (no lots yet) linked to ``seller_ids``; dates are ISO strings.
+        Unknown seller ids raise ``ValueError`` before anything is changed."""
+        self._check_sellers(seller_ids)
+        catalog_id = self._take_id("catalog")
+        self.catalogs[catalog_id] = {
+            "id": catalog_id,
+            "customerCatalogId": customer_catalog_id,
+            "agent": agent,
+            "title": title,
+            "startDate": start_date,
+            "endDate": end_date,
+            "isCompleted": is_completed(end_date),
+            "sellers": [],
+            "lots": [],
+        }
+        self._set_catalog_sellers(catalog_id, seller_ids)
+        return self.catalogs[catalog_id]
+
+    def update_catalog(self, catalog_id: int, **fields: Any) -> dict[str, Any]:
+        """Set any of ``customerCatalogId``, ``agent``, ``title``, ``startDate``,
+        ``endDate`` (read-shape names) and ``sellerIds`` (moves the catalog between
+        sellers). Unknown seller ids raise ``ValueError`` before anything is changed."""
+        catalog = self.catalogs[catalog_id]
+        seller_ids = fields.pop("sellerIds", None)
+        if seller_ids is not None:
+            self._check_sellers(seller_ids)
+        for key, value in fields.items():
+            if key not in ("customerCatalogId", "agent", "title", "startDate", "endDate"):
+                raise KeyError(key)
+            catalog[key] = value
+        catalog["isCompleted"] = is_completed(catalog["endDate"])
+        if seller_ids is not None:
+            self._set_catalog_sellers(catalog_id, seller_ids)
+        return catalog
+
+    def delete_catalog(self, catalog_id: int) -> None:
+        """Remove the catalog, and remove it from its sellers and from its lots (the lots
+        themselves stay)."""
+        catalog = self.catalogs.pop(catalog_id)
+        for seller in catalog["sellers"]:
+            ids = self.seller_catalog_ids.get(seller["id"], [])
+            if catalog_id in ids:
+                ids.remove(catalog_id)
+        for entry in catalog["lots"]:
+            lot = self.lots.get(entry["id"])
+            if lot is not None:
+                lot["catalogs"] = [c for c in lot["catalogs"] if c["catalogId"] != catalog_id]
+
+    def _check_sellers(self, seller_ids: Iterable[int]) -> None:
+        unknown = [sid for sid in seller_ids if sid not in self.sellers]
+        if unknown:
+            raise ValueError(f"Unknown seller id(s): {unknown}")
+
+    def _set_catalog_sellers(self, catalog_id: int, seller_ids: Iterable[int]) -> None:
+        """Replace the catalog's sellers; each seller's catalog list follows."""
+        catalog = self.catalogs[catalog_id]
+        wanted = list(dict.fromkeys(seller_ids))
+        for seller in catalog["sellers"]:
+            ids = self.seller_catalog_ids.get(seller["id"], [])
+            if seller["id"] not in wanted and catalog_id in ids:
+                ids.remove(catalog_id)
+        catalog["sellers"] = [self.sellers[sid] for sid in wanted]
+        for sid in wanted:
+            ids = self.seller_catalog_ids.setdefault(sid, [])
+            if catalog_id not in ids:
+                ids.append(catalog_id)
+                ids.sort()
+
+    # ------------------------------------------------------------ lots: writes
+
+    def add_lot(
+        self,
+        *,
+        customer_item_id: str | None,
+        initial_data: dict[str, Any],
+        overriden_data: list[dict[str, Any]],
+        catalogs: list[dict[str, Any]],
+        image_links: list[str],
+        origin: str = "",
+    ) -> dict[str, Any]:
+        """A new lot; data entries in camelCase read shape, ``catalogs`` as in
+        :meth:`update_lot`. Unknown catalog ids raise ``ValueError`` before anything is
+        changed."""
+        self._check_catalogs(catalogs)
+        lot_id = self._take_id("lot")
+        lot: dict[str, Any] = {
+            "id": lot_id,
+            "customerItemId": customer_item_id,
+            "initialData": dict(initial_data),
+            "overridenData": [dict(entry) for entry in overriden_data],
+            "catalogs": [],
+            "imageLinks": [],
+        }
+        lot["imageLinks"] = self._merge_image_links(lot, image_links, origin)
+        self.lots[lot_id] = lot
+        self._move_lot(lot, [dict(c) for c in catalogs])
+        return lot
+
+    def delete_lot(self, lot_id: int) -> None:
+        """Remove the lot, and remove it from every catalog that listed it."""
+        lot = self.lots.pop(lot_id)
+        for link in lot["catalogs"]:
+            catalog = self.catalogs.get(link["catalogId"])
+            if catalog is not None:
+                catalog["lots"] = [e for e in catalog["lots"] if e["id"] != lot_id]
+
+    def lot_overrides(self, customer_item_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """LotOverrideDto of each lot whose customer item id is asked for and that has an
+        override: the override in effect (``overridenData[0]``, read shape) plus the
+        customer item id; in the order asked, each lot once."""
+        wanted = list(dict.fromkeys(customer_item_ids))
+        by_item: dict[str, list[dict[str, Any]]] = {}
+        for lot in self.lots.values():
+            if lot["customerItemId"] in wanted and lot["overridenData"]:
+                by_item.setdefault(lot["customerItemId"], []).append(lot)
+        return [
+            {**lot["overridenData"][0], "customerItemId": item}
+            for item in wanted
+            for lot in by_item.get(item, [])
+        ]
+
+    def _check_catalogs(self, catalogs: Iterable[dict[str, Any]]) -> None:
+        unknown = [c["catalogId"] for c in catalogs if c["catalogId"] not in self.catalogs]
+        if unknown:
+            raise ValueError(f"Unknown catalog id(s): {unknown}")
+
+    # ------------------------------------------------------------- bulk insert
+
+    def bulk_insert(self, catalogs: list[dict[str, Any]], origin: str = "") -> dict[str, Any]:
+        """Create or update catalogs, their sellers and their lots by customer ids.
+
+        Each entry: ``customerCatalogId``, ``agent``, ``title``, ``startDate``, ``endDate``
+        (ISO strings), ``sellers`` [{``name``, ``customerDisplayId``, ``isActive``}] and
+        ``lots`` [{``customerItemId``, ``lotNumber``, ``imageLinks``, ``initialData``,
+        ``overridenData`` (read shape)}]. A catalog is matched by ``customerCatalogId``, a
+        seller by ``customerDisplayId``, a lot by ``customerItemId``; a match is updated,
+        anything else created. Sellers are added to the catalog (none removed); a lot is
+        linked to the catalog under its ``lotNumber`` (its other catalogs kept) and takes the
+        entry's ``initialData``; an empty ``overridenData`` or ``imageLinks`` keeps the lot's
+        own (ABConnect's SDK always sends both, empty by default, and a re-import must not
+        erase intake corrections or photos). Returns how many of each were created and
+        updated.
+        """
+        created: dict[str, set[int]] = {"sellers": set(), "catalogs": set(), "lots": set()}
+        updated: dict[str, set[int]] = {"sellers": set(), "catalogs": set(), "lots": set()}
+        for entry in catalogs:
+            seller_ids = []
+            for seller_entry in entry["sellers"]:
+                seller = self.seller_by_display_id(seller_entry["customerDisplayId"])
+                if seller is None:
+                    seller = self.add_seller(seller_entry["name"],
+                                             seller_entry["customerDisplayId"],
+                                             seller_entry["isActive"])
+                    created["sellers"].add(seller["id"])
+                else:
+                    self.update_seller(seller["id"], name=seller_entry["name"],
+                                       isActive=seller_entry["isActive"])
+                    updated["sellers"].add(seller["id"])
+                seller_ids.append(seller["id"])
+            fields = {key: entry[key] for key in ("agent", "title", "startDate", "endDate")}
+            found = self.catalogs_by_customer_id(entry["customerCatalogId"])
+            if found:
+                catalog = found[0]
+                existing = [s["id"] for s in catalog["sellers"]]
+                self.update_catalog(catalog["id"], **fields, sellerIds=existing + seller_ids)
+                updated["catalogs"].add(catalog["id"])
+            else:
+                catalog = self.add_catalog(
+                    customer_catalog_id=entry["customerCatalogId"], seller_ids=seller_ids,
+                    agent=fields["agent"], title=fields["title"],
+                    start_date=fields["startDate"], end_date=fields["endDate"],
+                )
+                created["catalogs"].add(catalog["id"])
+            for lot_entry in entry["lots"]:
+                self._bulk_lot(catalog["id"], lot_entry, origin, created, updated)
+        return {
+            kind: {"created": len(created[kind]), "updated": len(updated[kind] - created[kind])}
+            for kind in ("sellers", "catalogs", "lots")
+        }
+
+    def _bulk_lot(
+        self,
+        catalog_id: int,
+        entry: dict[str, Any],
+        origin: str,
+        created: dict[str, set[int]],
+        updated: dict[str, set[int]],
+    ) -> None:
+        link = {"catalogId": catalog_id, "lotNumber": entry["lotNumber"]}
+        lot = self.lot_by_customer_item_id(entry["customerItemId"])
+        if lot is None:
+            lot = self.add_lot(
+                customer_item_id=entry["customerItemId"], initial_data=entry["initialData"],
+                overriden_data=entry["overridenData"], catalogs=[link],
+                image_links=entry["imageLinks"], origin=origin,
+            )
+            created["lots"].add(lot["id"])
+            return
+        links = [c for c in lot["catalogs"] if c["catalogId"] != catalog_id] + [link]
+        self.update_lot(
+            lot["id"],
+            image_links=entry["imageLinks"] or None,
+            overriden_data=entry["overridenData"] or None,
+            catalogs=links,
+            origin=origin,
+        )
+        lot["initialData"] = dict(entry["initialData"])
+        updated["lots"].add(lot["id"])
+
+    def _take_id(self, kind: str) -> int:
+        new_id = self._next_id[kind]
+        self._next_id[kind] += 1
+        return new_id
+
+
+def is_completed(end_date: str) -> bool:
+    """Whether an event (its ``endDate`` an ISO string as stored) has ended by now."""
+    return end_date < iso(datetime.now(UTC))
