@@ -1,27 +1,62 @@
-"""Client API keys (GW_API_KEYS) for the /api routes.
+"""Who is calling /api/*: a gateway API key, a caller's own ABConnect token, or nobody.
 
-With keys configured, every /api request must present one, as `Authorization: Bearer
-<key>` or `X-API-Key: <key>`. The matched key's *name* is put on the request for logs;
-the key itself is never logged. Health, readiness and metrics stay open.
+One middleware decides, and puts a `Caller` on the request (`request[CALLER]`; the name also
+as `request[CLIENT_NAME]`, which the override log uses as the actor):
+
+- **API keys** (GW_API_KEYS), as `Authorization: Bearer <key>` or `X-API-Key: <key>`,
+  compared in constant time, never logged: caller kind "key", named by the key's name; it
+  writes upstream as the gateway's service account.
+- **ABConnect access tokens**, with `auth.upstream_tokens = "read"` or `"write"`: a bearer
+  that is a JWT (three base64url segments) is verified here, with no upstream call: RS256
+  only, signed by a key the identity server publishes (gateway/upstream/signing_keys.py),
+  `iss` the configured issuer, `exp` required and `nbf` honoured with a 30 s leeway, `aud`
+  when `auth.audience` is set. Caller kind "token", named by `preferred_username`, `name`
+  or `sub`; its scope is the config value; its raw token is kept for relaying its writes.
+  A token that fails any check is a 401 and nothing is sent upstream. While the identity
+  server's keys have never been fetched (it is unreachable), a token cannot be judged: 503.
+- **Nobody**: with API keys configured, a 401. Without them the request stays open, as
+  anonymous (the gateway then listens on loopback only) — also with tokens on: only a
+  bearer that looks like a JWT is verified; a request without one is anonymous.
+
+Health, readiness, metrics and the UI's pages are not /api/*: this middleware leaves them be.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+import jwt
 from aiohttp import web
 
-from gateway.errors import Unauthorized
-from gateway.state import CLIENT_NAME
+from gateway.config import AuthConfig
+from gateway.errors import Forbidden, Unauthorized, UpstreamUnavailable
+from gateway.state import CALLER, CLIENT_NAME, SIGNING_KEYS
+
+ALGORITHMS = ["RS256"]  # the identity server's; never "none", never an HMAC
+LEEWAY_S = 30.0  # clock skew allowed on exp and nbf
+# header.payload.signature, each base64url without padding (an empty signature is still a
+# JWT's shape, so that an unsigned token is refused as one rather than taken as a key).
+_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
-def presented_key(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.headers.get("X-API-Key") or None
+@dataclass(frozen=True)
+class Caller:
+    """Who made a request. kind: "key" (a gateway API key), "token" (the caller's own
+    ABConnect access token) or "anonymous" (no keys configured, no credential presented).
+    scope: "read" or "write". token: the raw access token of a "token" caller, for writes
+    relayed as that caller; None for the others, who write as the service account."""
+
+    kind: Literal["key", "token", "anonymous"]
+    name: str
+    scope: Literal["read", "write"]
+    token: str | None = field(default=None, repr=False)
+
+
+ANONYMOUS = Caller("anonymous", "anonymous", "write")
 
 
 def key_name(keys: Mapping[str, str], presented: str | None) -> str | None:
@@ -35,16 +70,121 @@ def key_name(keys: Mapping[str, str], presented: str | None) -> str | None:
     return found
 
 
-def api_key_middleware(keys: Mapping[str, str]) -> Callable:
+def looks_like_jwt(value: str | None) -> bool:
+    return value is not None and _JWT_SHAPE.fullmatch(value) is not None
+
+
+def caller_middleware(api_keys: Mapping[str, str], auth: AuthConfig) -> Callable:
+    """The middleware for create_app. With tokens on, it needs app[SIGNING_KEYS] (set by
+    the start-up context), whose issuer is the one tokens must carry."""
+    tokens_on = auth.upstream_tokens != "off"
+    required = "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+    if tokens_on:
+        required = ("an API key or an ABConnect access token is required: send "
+                    "'Authorization: Bearer <key or token>' or 'X-API-Key: <key>'")
+
     @web.middleware
-    async def require_key(request: web.Request, handler: Callable) -> web.StreamResponse:
-        if keys and request.path.startswith("/api/"):
-            name = key_name(keys, presented_key(request))
-            if name is None:
-                raise Unauthorized(
-                    "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
-                )
-            request[CLIENT_NAME] = name
+    async def identify(request: web.Request, handler: Callable) -> web.StreamResponse:
+        if request.path.startswith("/api/"):
+            caller = await _identify(request, api_keys, auth, tokens_on, required)
+            request[CALLER] = caller
+            if caller.kind != "anonymous":
+                request[CLIENT_NAME] = caller.name
         return await handler(request)
 
-    return require_key
+    return identify
+
+
+def require_write(request: web.Request) -> None:
+    """Raise Forbidden (403) unless the request's caller may write."""
+    caller = request.get(CALLER, ANONYMOUS)
+    if caller.scope != "write":
+        raise Forbidden(
+            "this caller may read but not write: the gateway accepts ABConnect tokens for "
+            "reads only (auth.upstream_tokens = \"read\")"
+        )
+
+
+async def _identify(
+    request: web.Request, api_keys: Mapping[str, str], auth: AuthConfig, tokens_on: bool,
+    required: str,
+) -> Caller:
+    bearer = _bearer(request)
+    if api_keys:
+        for presented in (bearer, request.headers.get("X-API-Key")):
+            name = key_name(api_keys, presented)
+            if name is not None:
+                return Caller("key", name, "write")
+    if tokens_on and bearer is not None and looks_like_jwt(bearer):
+        return await _token_caller(request, bearer, auth)
+    if api_keys:
+        raise Unauthorized(required)
+    return ANONYMOUS
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
+
+
+async def _token_caller(request: web.Request, token: str, auth: AuthConfig) -> Caller:
+    keys = request.app.get(SIGNING_KEYS)
+    if keys is None:  # not started, or tokens off: nothing to verify against
+        raise UpstreamUnavailable("access tokens cannot be verified yet")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise Unauthorized("the bearer token is not a well-formed JWT") from None
+    alg = header.get("alg")
+    if alg not in ALGORITHMS:
+        # Refused before any key lookup: no key fetch for a token that could never verify.
+        raise Unauthorized(f"token algorithm {str(alg)[:20]!r} is not accepted; RS256 only")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise Unauthorized("the token names no signing key (no 'kid' in its header)")
+    key = await keys.key(kid)
+    if key is None:
+        if not keys.loaded:
+            raise UpstreamUnavailable(
+                "access tokens cannot be verified now: the identity server's signing keys "
+                "could not be fetched", retry_after=5.0,
+            )
+        raise Unauthorized("the token is signed with a key the identity server does not publish")
+    claims = _verified_claims(token, key, keys.issuer, auth.audience)
+    scope: Literal["read", "write"] = "write" if auth.upstream_tokens == "write" else "read"
+    return Caller("token", _user_name(claims), scope, token)
+
+
+def _verified_claims(token: str, key: jwt.PyJWK, issuer: str, audience: str) -> dict[str, Any]:
+    require = ["exp", "iss", *(["aud"] if audience else [])]
+    try:
+        return jwt.decode(
+            token, key.key, algorithms=ALGORITHMS, issuer=issuer,
+            audience=audience or None, leeway=LEEWAY_S,
+            options={"require": require, "verify_aud": bool(audience)},
+        )
+    except jwt.ExpiredSignatureError:
+        why = "the token has expired"
+    except jwt.ImmatureSignatureError:
+        why = "the token is not valid yet (nbf or iat in the future)"
+    except jwt.InvalidIssuerError:
+        why = f"the token was not issued by {issuer}"
+    except jwt.InvalidAudienceError:
+        why = "the token is not meant for this audience"
+    except jwt.MissingRequiredClaimError as exc:
+        why = f"the token has no '{exc.claim}' claim"
+    except jwt.InvalidSignatureError:
+        why = "the token's signature does not verify"
+    except jwt.PyJWTError:
+        why = "the token is not valid"
+    raise Unauthorized(why)
+
+
+def _user_name(claims: Mapping[str, Any]) -> str:
+    for claim in ("preferred_username", "name", "sub"):
+        value = claims.get(claim)
+        if isinstance(value, str) and value.strip():
+            return value.strip()[:200]
+    return "unnamed token"

@@ -5,7 +5,7 @@ Sources, lowest precedence first:
 1. the defaults below (the same as the shipped config.toml, which documents every key);
 2. the TOML file given to `load_config` (None: defaults only);
 3. `GW_<SECTION>_<KEY>` environment overrides, for any key of [server], [upstream], [cache],
-   [sandbox], parsed to the key's type (bools: 1/true/yes/on, 0/false/no/off);
+   [sandbox], [auth], parsed to the key's type (bools: 1/true/yes/on, 0/false/no/off);
 4. secrets, only ever from the environment: ABCONNECT_USERNAME, ABCONNECT_PASSWORD,
    ABC_CLIENT_ID, ABC_CLIENT_SECRET (`credentials`), GW_API_KEYS (`api_keys`) and
    GW_SESSION_SECRET (`session_secret`; empty: a random one is drawn at start). Secrets stay
@@ -25,6 +25,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, ConfigDict, Field, Strict, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
@@ -35,8 +36,9 @@ from gateway.params import InvalidParam, parse_bool
 from gateway.upstream.identity import Credentials
 
 __all__ = [
-    "CacheConfig", "Config", "ConfigError", "Credentials", "SandboxConfig", "ServerConfig",
-    "UpstreamConfig", "is_loopback", "load_config", "parse_api_keys",
+    "AuthConfig", "CacheConfig", "Config", "ConfigError", "Credentials", "SandboxConfig",
+    "ServerConfig", "UpstreamConfig", "is_loopback", "load_config", "parse_api_keys",
+    "token_issuer",
 ]
 
 
@@ -86,6 +88,8 @@ class UpstreamConfig:
     mode: Literal["sandbox", "live"] = "sandbox"
     base_url: _HttpUrl = "https://catalog-api.abconnect.co"
     identity_url: _HttpUrl = "https://login.abconnect.co/connect/token"
+    # The scope the gateway's own sign-in asks for (space-separated, as OAuth 2 sends it).
+    scope: Annotated[_Str, Field(min_length=1)] = "offline_access"
     timeout_s: _Positive = 10.0
     max_concurrency: Annotated[_Int, Field(ge=1)] = 32
     retries: Annotated[_Int, Field(ge=0, le=10)] = 2
@@ -117,11 +121,30 @@ class SandboxConfig:
     seed: _Int = 1
 
 
+def _empty_or_http_url(value: str) -> str:
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("must be empty or an http(s) URL")
+    return value
+
+
+@_section
+class AuthConfig:
+    """Callers' own ABConnect access tokens (JWTs), beside the gateway's API keys."""
+
+    # "off": only API keys; "read": verified tokens may read; "write": read and write.
+    upstream_tokens: Literal["off", "read", "write"] = "off"
+    # The tokens' `iss`; "" = the scheme, host and port of upstream.identity_url.
+    issuer: Annotated[_Str, AfterValidator(_empty_or_http_url)] = ""
+    # The `aud` a token must carry; "" = not checked.
+    audience: _Str = ""
+
+
 _SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "upstream": UpstreamConfig,
     "cache": CacheConfig,
     "sandbox": SandboxConfig,
+    "auth": AuthConfig,
 }
 
 
@@ -132,6 +155,7 @@ class Config(BaseSettings):
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     credentials: Credentials = Field(default_factory=lambda: Credentials("", ""), repr=False)
     # name -> key. Names appear in logs; keys, like every secret here, never do.
     api_keys: Mapping[str, str] = Field(default_factory=dict, repr=False)
@@ -220,6 +244,18 @@ def parse_api_keys(text: str) -> dict[str, str]:
             raise ConfigError(f"GW_API_KEYS: duplicate name {name!r}")
         keys[name] = key
     return keys
+
+
+def token_issuer(config: Config) -> str:
+    """The `iss` callers' tokens must carry: auth.issuer, or else the origin (scheme, host
+    and port) of upstream.identity_url, where the identity server publishes its keys."""
+    if config.auth.issuer:
+        return config.auth.issuer
+    parts = urlsplit(config.upstream.identity_url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 def is_loopback(host: str) -> bool:

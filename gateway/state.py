@@ -8,6 +8,7 @@ are set by the middleware named beside them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -17,7 +18,11 @@ from gateway.metrics import Metrics
 from gateway.reads import Reads
 from gateway.sessions import OperatorSessions, Session
 from gateway.upstream.identity import TokenProvider
+from gateway.upstream.signing_keys import SigningKeys
 from gateway.writes import Writes
+
+if TYPE_CHECKING:
+    from gateway.auth import Caller  # gateway.auth imports this module
 
 CONFIG = web.AppKey("config", Config)  # as configured (sandbox mode stays "sandbox")
 METRICS = web.AppKey("metrics", Metrics)
@@ -26,10 +31,13 @@ TOKENS = web.AppKey("tokens", TokenProvider)  # the gateway's own upstream sign-
 READS = web.AppKey("reads", Reads)
 WRITES = web.AppKey("writes", Writes)
 SESSIONS = web.AppKey("sessions", OperatorSessions)
+# The identity server's keys for callers' own tokens; set only with auth.upstream_tokens on.
+SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
 # Readiness check: a token can be had. app.py wraps TokenProvider.token in async-lru
 # (one key, short fixed TTL, concurrent probes share one call, failures not kept): the
 # one place where a plain memoising cache is exactly what is needed.
 READINESS = web.AppKey("readiness", Callable[[], Awaitable[str]])
 
-CLIENT_NAME = web.RequestKey("client_name", str)  # the API key's name (gateway/auth.py)
+CLIENT_NAME = web.RequestKey("client_name", str)  # the caller's name (gateway/auth.py)
+CALLER: web.RequestKey[Caller] = web.RequestKey("caller")  # who calls /api/* (gateway/auth.py)
 SESSION = web.RequestKey("session", Session)  # the UI session (ui/session.py)
