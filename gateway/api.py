@@ -21,13 +21,15 @@ from functools import cache
 from aiohttp import web
 
 from gateway import contract, params, schemas
+from gateway.auth import require_write
 from gateway.cache import Lookup, etag_of, etags_in
 from gateway.errors import GatewayError, PayloadTooLarge, Unauthorized
 from gateway.openapi import document, version
 from gateway.overrides import MAX_BODY_BYTES, parse_changes
 from gateway.reads import MAX_IDS, MAX_PAGE_SIZE, EventPage, LotBatch, View
-from gateway.routes import Handler, Route
-from gateway.state import CLIENT_NAME, METRICS, READINESS, READS, WRITES
+from gateway.routes import Handler, Route, other_methods
+from gateway.state import CALLER, CLIENT_NAME, METRICS, READINESS, READS, WRITES
+from gateway.upstream.client import Answer
 
 log = logging.getLogger(__name__)
 
@@ -138,27 +140,100 @@ def mirror_get_list(operation: contract.Operation) -> Handler:
     return get_list
 
 
-async def mirror_put_lot(request: web.Request) -> web.Response:
-    lot_id = ID.read(request.match_info)
+def relayed(answer: Answer) -> web.Response:
+    """The upstream's answer to a passed-through request, as it came."""
+    headers = {"Content-Type": answer.content_type} if answer.content_type else {}
+    return web.Response(status=answer.status, body=answer.body or None, headers=headers)
+
+
+def mirror_create(op: contract.Operation) -> Handler:
+    async def create(request: web.Request) -> web.Response:
+        token = writer_token(request)
+        body = await read_body(request, MAX_PUT_BYTES)
+        return relayed(await request.app[WRITES].create(op.resource, body, token))
+
+    return create
+
+
+def mirror_update(op: contract.Operation) -> Handler:
+    async def update(request: web.Request) -> web.Response:
+        ident, token = ID.read(request.match_info), writer_token(request)
+        body = await read_body(request, MAX_PUT_BYTES)
+        return relayed(await request.app[WRITES].update(op.resource, ident, body, token))
+
+    return update
+
+
+def mirror_delete(op: contract.Operation) -> Handler:
+    async def delete(request: web.Request) -> web.Response:
+        ident, token = ID.read(request.match_info), writer_token(request)
+        return relayed(await request.app[WRITES].delete(op.resource, ident, token))
+
+    return delete
+
+
+async def mirror_bulk_insert(request: web.Request) -> web.Response:
+    token = writer_token(request)
     body = await read_body(request, MAX_PUT_BYTES)
-    answer = await request.app[WRITES].put_lot(lot_id, body)
-    return web.Response(body=answer, headers={"Content-Type": JSON})
+    return relayed(await request.app[WRITES].bulk_insert(body, token))
+
+
+async def mirror_get_overrides(request: web.Request) -> web.Response:
+    """A read sent as POST: passed through, never cached (a lot write would outdate it)."""
+    body = await read_body(request, MAX_PUT_BYTES)
+    answer = await request.app[READS].uncached(
+        "POST", "/api/Lot/get-overrides", (), body, endpoint="/api/Lot/get-overrides"
+    )
+    return relayed(answer)
+
+
+async def pass_through(request: web.Request) -> web.Response:
+    """Any other /api/ path (the API grows): passed on unchanged and never cached. A read
+    goes with the gateway's token; anything else is a write the gateway cannot see into,
+    so everything cached before it is outdated."""
+    allowed = await other_methods(request)
+    if allowed:  # a path of the document, with a method it does not have
+        raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+    path, params = request.path, list(request.query.items())
+    body = await read_body(request, MAX_PUT_BYTES) if request.can_read_body else None
+    if request.method in ("GET", "HEAD"):
+        answer = await request.app[READS].uncached(request.method, path, params, body,
+                                                   endpoint="other")
+    else:
+        answer = await request.app[WRITES].unknown(request.method, path, params, body,
+                                                   writer_token(request))
+    return relayed(answer)
+
+
+def writer_token(request: web.Request) -> str | None:
+    """A write is allowed to this caller (else 403); the caller's own upstream token to
+    relay it with, or None to write as the gateway's service account."""
+    require_write(request)
+    caller = request.get(CALLER)
+    return caller.token if caller is not None else None
 
 
 def mirror_routes() -> list[Route]:
-    """The upstream operations the gateway serves, each with its handler."""
+    """Every operation of the upstream's document, each with its handler."""
     routes = []
     for op in contract.OPERATIONS:
+        one = "{id}" in op.path
         if op.method == "GET":
-            handler = mirror_get_one(op) if "{id}" in op.path else mirror_get_list(op)
-        elif (op.method, op.path) == ("PUT", "/api/Lot/{id}"):
-            handler = mirror_put_lot
+            handler = mirror_get_one(op) if one else mirror_get_list(op)
+        elif op.path == "/api/Lot/get-overrides":
+            handler = mirror_get_overrides
+        elif op.path == "/api/Bulk/insert":
+            handler = mirror_bulk_insert
+        elif op.method == "POST":
+            handler = mirror_create(op)
+        elif op.method == "PUT":
+            handler = mirror_update(op)
         else:
-            continue  # not served yet: answered 405 / 404 by the router
-        writes = (413,) if op.method != "GET" else ()
+            handler = mirror_delete(op)
+        writes = (403, 413) if op.method != "GET" else ()
         routes.append(Route(
             op.method, op.path, handler, op.summary or f"{op.method} {op.path}",
-            params=(ID,) if "{id}" in op.path else (),
+            params=(ID,) if one else (),
             errors=(400, 401, 404, *writes, *_UPSTREAM_ERRORS),
             cached=op.method == "GET", operation=op, tag="mirror",
         ))
@@ -208,7 +283,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def v1_save_override(request: web.Request) -> web.Response:
-    lot_id = ID.read(request.match_info)
+    lot_id, token = ID.read(request.match_info), writer_token(request)
     try:
         changes = parse_changes(await read_body(request, MAX_BODY_BYTES))
     except GatewayError:
@@ -216,7 +291,7 @@ async def v1_save_override(request: web.Request) -> web.Response:
         raise
     saved = await request.app[WRITES].save_override(
         lot_id, changes, actor=request.get(CLIENT_NAME) or "anonymous",
-        if_match=request.headers.get("If-Match"),
+        if_match=request.headers.get("If-Match"), token=token,
     )
     return web.Response(body=saved.body, headers={"ETag": saved.etag, "Content-Type": JSON})
 
@@ -310,3 +385,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
+    # Last: any other /api/ path but the gateway's own /api/v1 is the upstream's.
+    app.router.add_route("*", PASS_THROUGH, pass_through)
+
+
+PASS_THROUGH = r"/api/{path:(?!v1/)[^{}]*}"

@@ -14,9 +14,9 @@ from async_lru import alru_cache
 
 import ui
 from gateway import api, embedded
-from gateway.auth import api_key_middleware
+from gateway.auth import caller_middleware
 from gateway.cache import Cache, LocalTier, RedisTier
-from gateway.config import Config
+from gateway.config import Config, token_issuer
 from gateway.errors import GatewayError, NotFound
 from gateway.metrics import Metrics, timing_middleware
 from gateway.reads import Reads
@@ -29,12 +29,14 @@ from gateway.state import (
     READINESS,
     READS,
     SESSIONS,
+    SIGNING_KEYS,
     TOKENS,
     WRITES,
 )
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.identity import TokenProvider
+from gateway.upstream.signing_keys import SigningKeys
 from gateway.writes import Writes
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[
         timing_middleware(metrics),  # every request: gateway_http_requests_total
         api.problem_middleware,  # any error that reaches it leaves as problem+json
-        api_key_middleware(config.api_keys),  # /api/*: a key when keys are configured
+        caller_middleware(config.api_keys, config.auth),  # /api/*: API key, own JWT or none
     ])
     app[CONFIG] = config
     app[METRICS] = metrics
@@ -73,7 +75,7 @@ async def _domain(app: web.Application, config: Config) -> AsyncIterator[None]:
         connector=aiohttp.TCPConnector(limit=up.max_concurrency + 4, ttl_dns_cache=300),
         raise_for_status=False,
     )
-    tokens = TokenProvider(session, up.identity_url, config.credentials,
+    tokens = TokenProvider(session, up.identity_url, config.credentials, scope=up.scope,
                            timeout_s=up.timeout_s, on_call=metrics.identity_answered)
     breaker = CircuitBreaker(
         window_s=up.breaker_window_s, min_calls=up.breaker_min_calls,
@@ -117,6 +119,12 @@ async def _domain(app: web.Application, config: Config) -> AsyncIterator[None]:
         Cookies(signing_secret(config.session_secret)), revocations, tokens
     )
     app[READINESS] = alru_cache(maxsize=1, ttl=2.0)(tokens.token)
+    if config.auth.upstream_tokens != "off":  # callers' own JWTs: the keys to verify them
+        app[SIGNING_KEYS] = SigningKeys(
+            session, token_issuer(config), timeout_s=up.timeout_s,
+            on_fetch=lambda *labels: metrics.upstream_requests.labels(*labels).inc(),
+        )
+        app[SIGNING_KEYS].start()  # fetched now, so the first token need not wait for them
 
     # Sign in now, so the first operator request does not pay for it. Failure is not
     # fatal: /readyz reports it and requests retry it.
@@ -126,6 +134,8 @@ async def _domain(app: web.Application, config: Config) -> AsyncIterator[None]:
         yield
     finally:
         warm.cancel()
+        if SIGNING_KEYS in app:
+            app[SIGNING_KEYS].close()
         await cache.close()
         await revocations.close()
         await session.close()

@@ -10,8 +10,8 @@ and document themselves), and the schemas the gateway's own OpenAPI document reu
 How a parameter's schema becomes a declaration:
 - `integer` / `int32`: `params.Int` over the whole int32 range (the range the upstream's
   model binding accepts), except `PageNumber` and `PageSize`: 1 to `params.MAX_PAGE`;
-- `boolean`: `params.Bool`; `string` (date-time ones too): `params.Text` of at most 200
-  characters (the upstream checks a date's format);
+- `boolean`: `params.Bool`; `string`: `params.Text` of at most 200 characters;
+  `date-time` strings: `params.DateTime` (ISO 8601);
 - `array` of `int32`: `IntList` below, the parameter repeated and/or comma-separated;
 - a path `{id}`: `params.PathId` (1 to 2**31 - 1: no upstream record has another id).
 """
@@ -140,10 +140,11 @@ def _declaration(spec: Mapping[str, Any]) -> Param[Any]:
     if kind == "array" and schema.get("items", {}).get("type") == "integer":
         return IntList(name, description=description or (
             "Filter; ids, the parameter repeated or the ids comma-separated."))
+    if kind == "string" and schema.get("format") == "date-time":
+        return params.DateTime(name, description=description or "Filter; an ISO 8601 time.")
     if kind == "string":
-        fmt = schema.get("format")
-        return params.Text(name, max_length=MAX_TEXT_PARAM, description=description or (
-            f"Filter; a {fmt} (checked by the upstream)." if fmt else "Filter; text."))
+        return params.Text(name, max_length=MAX_TEXT_PARAM,
+                           description=description or "Filter; text.")
     raise ValueError(f"{SOURCE}: no declaration for parameter {name!r} of schema {schema}")
 
 

@@ -24,3 +24,9 @@ def listing_kind(resource: str) -> str:
 def listing(resource: str, params: Params) -> Key:
     """GET /api/{resource}?params, the query sorted so equal queries share a key."""
     return (listing_kind(resource), tuple(sorted(params)))
+
+
+RESOURCES = ("Seller", "Catalog", "Lot")
+# Every kind of key there is: a write the gateway cannot see into (a bulk insert, an
+# unknown path) outdates all of them.
+EVERY_KIND = tuple(k for r in RESOURCES for k in (r.lower(), listing_kind(r)))

@@ -10,7 +10,7 @@ The rules:
   them: `int()` alone would also take " 7", "1_0", "١٠" and "²";
 - ids are integers from 1 to 2**31 - 1 (the upstream's int32);
 - booleans are one of true/false, 1/0, yes/no, on/off, any case;
-- text is bounded in characters.
+- text is bounded in characters; a date-time is ISO 8601.
 
 A value that breaks its rule raises `InvalidParam` (a 400), whose message names the
 parameter and shows at most 40 characters of what was sent, repr()'d so that no control
@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
 from gateway.errors import BadRequest
@@ -168,6 +169,29 @@ class Text(Param[str]):
 
     def schema(self) -> dict[str, Any]:
         return {"type": "string", "maxLength": self.max_length}
+
+
+@dataclass(frozen=True)
+class DateTime(Param[str]):
+    """An ISO 8601 date or time (`2026-12-03`, `2026-12-03T15:00:00Z`), passed on as given."""
+
+    def parse(self, text: str) -> str:
+        if not (len(text) <= 40 and _ISO_8601.fullmatch(text)):
+            raise InvalidParam(self.name, text, "an ISO 8601 date-time")
+        try:
+            datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidParam(self.name, text, "an ISO 8601 date-time") from None
+        return text
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "format": "date-time", "pattern": f"^{_ISO_8601.pattern}$"}
+
+
+_ISO_8601 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,7})?)?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})?)?"
+)
 
 
 @dataclass(frozen=True)

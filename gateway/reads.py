@@ -24,9 +24,8 @@ from typing import Any
 from gateway import keys
 from gateway.cache import Cache, Lookup, Result
 from gateway.errors import GatewayError, NotFound, UpstreamFailed
-from gateway.upstream.client import Params, UpstreamClient
+from gateway.upstream.client import Answer, Params, UpstreamClient
 
-RESOURCES = ("Seller", "Catalog", "Lot")
 SELLER_PAGE = 100  # page size used to read the whole seller list for searching
 MAX_PAGE_SIZE = 100  # lots (or sellers, events) on one page: all fetched at once when cold
 MAX_IDS = 100  # lots in one batch read
@@ -180,6 +179,13 @@ class Reads:
             key, lambda: self._upstream.get(f"/api/{resource}", key[1],
                                             endpoint=f"/api/{resource}")
         )
+
+    async def uncached(
+        self, method: str, path: str, params: Params, body: bytes | None, *, endpoint: str
+    ) -> Answer:
+        """A read the gateway does not cache (a read sent as POST, a path it does not
+        know): passed through with the gateway's own token, the answer as it came."""
+        return await self._upstream.send(method, path, params, body, endpoint=endpoint)
 
     # --- gateway-native views -------------------------------------------------------------
 

@@ -35,3 +35,16 @@ class Route:
     operation: Any = None  # mirror routes: the upstream operation (gateway.contract)
     tag: str = "gateway"
     open: bool = False  # needs no API key (health, readiness, metrics, this document)
+
+
+async def other_methods(request: web.Request) -> set[str]:
+    """The methods that routes other than the one matched (a catch-all) accept for this
+    path: a catch-all answers 405 with them rather than taking a known path's wrong method."""
+    own = request.match_info.route.resource
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not own:
+            match, methods = await resource.resolve(request)
+            if match is None:
+                allowed |= methods
+    return allowed

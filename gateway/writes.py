@@ -1,21 +1,42 @@
-"""The write path: override saves and drop-in lot writes, each followed by its invalidation.
+"""The write path: every write of the Catalog API, each followed by its invalidation.
 
 The promise kept here: a write returns only after every cached answer it makes stale is
 invalidated (on every replica, when the cache is shared), so no read that starts after it
 can see the old data. A write that failed is invalidated too: it may have been applied
 upstream with its answer lost, so the next read must ask the upstream what it holds.
+
+What a write makes stale (S seller, C catalog, L lot; the *-list kinds are every cached
+list page of that resource; event pages and seller views are rebuilt from these):
+
+    POST   Seller        seller lists
+    PUT    Seller/{id}   S, seller lists, the catalogs that embed it, catalog lists
+    DELETE Seller/{id}   the same
+    POST   Catalog       catalog lists, its sellers (they embed their catalogs), seller lists
+    PUT    Catalog/{id}  C, catalog lists, its old and new sellers, seller lists
+    DELETE Catalog/{id}  the same, plus its lots (they list their catalogs) and lot lists
+    POST   Lot           lot lists, the catalogs it joins (their `lots`), catalog lists
+    PUT    Lot/{id}      L, lot lists, and the catalogs it leaves or joins
+    DELETE Lot/{id}      L, lot lists, its catalogs, catalog lists
+    POST   Bulk/insert   everything (its answer names no ids)
+    anything else        everything (the gateway cannot see what an unknown write touches)
+
+Where the old state matters (which catalogs a lot was in, which sellers a catalog had), it
+is read fresh from the upstream inside the write, under the entity's lock: the cache may
+not hold it, or may lag another client's write. Writes to one entity are serialised, as
+override saves are; writes to different entities run in parallel.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from gateway import keys
-from gateway.cache import Cache, etag_of, etags_in
+from gateway.cache import Cache, Key, etag_of, etags_in
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -24,10 +45,9 @@ from gateway.errors import (
     PreconditionFailed,
     Unprocessable,
     UpstreamFailed,
-    UpstreamUnavailable,
 )
 from gateway.overrides import Change, current_override, json_object, merge, update_request
-from gateway.upstream.client import UpstreamClient
+from gateway.upstream.client import Answer, Params, UpstreamClient, expect_ok
 
 log = logging.getLogger("gateway.overrides")
 
@@ -44,6 +64,17 @@ class SavedLot:
         return etag_of(self.body)
 
 
+@dataclass
+class Stale:
+    """What one write outdates: single keys and whole kinds."""
+
+    keys: set[Key]
+    kinds: set[str]
+
+    def resource(self, resource: str, idents: Iterable[int]) -> None:
+        self.keys.update(keys.one(resource, i) for i in idents)
+
+
 class Writes:
     def __init__(
         self, cache: Cache, upstream: UpstreamClient,
@@ -53,23 +84,24 @@ class Writes:
         self._upstream = upstream
         self._on_override = on_override  # called with each save's outcome, for metrics
 
+    # --- override saves ----------------------------------------------------------------
+
     async def save_override(
         self, lot_id: int, changes: dict[str, Any], *, actor: str,
-        if_match: str | None = None,
+        if_match: str | None = None, token: str | None = None,
     ) -> SavedLot:
         """Overlay `changes` (validated, camelCase; None removes) on the lot's override.
 
         Under the lot's write lock: read the lot fresh from upstream (never from the
-        cache: the cache may lag another replica's save), merge, PUT the whole lot, and
-        invalidate before returning. No read that starts after this returns can see the
-        old override: the cached entry is gone and any fetch that was in flight during the
-        write is detached and cannot store its (possibly older) result.
+        cache: the cache may lag another replica's save), merge, PUT the whole lot (with
+        the caller's own token when given), and invalidate before returning. No read that
+        starts after this returns can see the old override: the cached entry is gone and
+        any fetch that was in flight during the write is detached and cannot store its
+        (possibly older) result.
         """
         outcome, changed = "upstream_error", []
         try:
-            # One read-merge-write per lot at a time (across replicas when the cache is
-            # shared); saves to different lots run in parallel.
-            async with self._cache.exclusive(f"lot:{lot_id}"):
+            async with self._lock("Lot", lot_id):
                 current = await self._fresh_lot(lot_id)
                 if if_match and if_match.strip() != "*" and etag_of(current) not in etags_in(
                     if_match
@@ -82,9 +114,12 @@ class Writes:
                 if not changed:
                     outcome = "unchanged"
                     return SavedLot(current, [])
-                answer = await self._write(lot_id, update_request(lot, override), lot)
+                answer = await self._send(
+                    "PUT", "Lot", lot_id, update_request(lot, override), token, before=lot
+                )
+                body = expect_ok(answer, "/api/Lot/{id}")
                 outcome = "saved"
-                return SavedLot(answer, changed)
+                return SavedLot(body, changed)
         except GatewayError as exc:
             outcome = _outcome_of(exc)
             raise
@@ -95,17 +130,62 @@ class Writes:
                 "changes": {c.field: [c.old, c.new] for c in changed},
             }))
 
-    async def put_lot(self, lot_id: int, body: bytes) -> bytes:
-        """The drop-in PUT /api/Lot/{id}: passed through, then the same invalidation.
+    # --- the drop-in writes ------------------------------------------------------------
 
-        The lot's catalogs before the write are read fresh from the upstream, under the
-        lot's lock: a PUT may move the lot, and the catalog it leaves must be outdated as
-        well as the one it joins, whether or not this process had the lot cached.
-        """
-        request = json_object(body, "a JSON UpdateLotRequest object")
-        async with self._cache.exclusive(f"lot:{lot_id}"):
-            before = _json_or_empty(await self._fresh_lot(lot_id))
-            return await self._write(lot_id, body, request, before)
+    async def create(self, resource: str, body: bytes, token: str | None = None) -> Answer:
+        """POST /api/{resource}."""
+        json_object(body, f"a JSON Add{resource}Request object")
+        return await self._send("POST", resource, None, body, token, before={})
+
+    async def update(
+        self, resource: str, ident: int, body: bytes, token: str | None = None
+    ) -> Answer:
+        """PUT /api/{resource}/{ident}."""
+        json_object(body, f"a JSON Update{resource}Request object")
+        async with self._lock(resource, ident):
+            before = await self._fresh(resource, ident)
+            return await self._send("PUT", resource, ident, body, token, before=before)
+
+    async def delete(self, resource: str, ident: int, token: str | None = None) -> Answer:
+        """DELETE /api/{resource}/{ident}."""
+        async with self._lock(resource, ident):
+            before = await self._fresh(resource, ident)
+            return await self._send("DELETE", resource, ident, None, token, before=before)
+
+    async def bulk_insert(self, body: bytes, token: str | None = None) -> Answer:
+        """POST /api/Bulk/insert: creates or updates anything; outdates everything."""
+        json_object(body, "a JSON BulkInsertRequest object")
+        return await self._everything(
+            self._upstream.send("POST", "/api/Bulk/insert", (), body,
+                                endpoint="/api/Bulk/insert", token=token)
+        )
+
+    async def unknown(
+        self, method: str, path: str, params: Params, body: bytes | None,
+        token: str | None = None,
+    ) -> Answer:
+        """A write to a path the gateway does not know: passed through, and since nothing
+        says what it touched, everything cached before it is outdated."""
+        return await self._everything(
+            self._upstream.send(method, path, params, body, endpoint="other", token=token)
+        )
+
+    # --- the shared steps ----------------------------------------------------------------
+
+    def _lock(self, resource: str, ident: int | None) -> AbstractAsyncContextManager[None]:
+        if ident is None:
+            return nullcontext()
+        return self._cache.exclusive(f"{resource.lower()}:{ident}")
+
+    async def _fresh(self, resource: str, ident: int) -> dict[str, Any]:
+        """The entity as the upstream holds it now ({} if it does not exist: the write
+        itself will then answer the upstream's 404)."""
+        try:
+            body = await self._upstream.get(f"/api/{resource}/{ident}",
+                                            endpoint=f"/api/{resource}/{{id}}")
+        except NotFound:
+            return {}
+        return _json_or_empty(body)
 
     async def _fresh_lot(self, lot_id: int) -> bytes:
         try:
@@ -113,36 +193,73 @@ class Writes:
         except NotFound:
             raise NotFound(f"Lot {lot_id} does not exist") from None
 
-    async def _write(self, lot_id: int, body: bytes, *lots: dict[str, Any]) -> bytes:
-        """PUT the lot; whatever happens, drop what the gateway holds of it afterwards."""
+    async def _send(
+        self, method: str, resource: str, ident: int | None, body: bytes | None,
+        token: str | None, *, before: dict[str, Any],
+    ) -> Answer:
+        """Send the write; whatever happens, invalidate what it makes stale before
+        returning (after a failure too: it may have been applied)."""
+        path = f"/api/{resource}" + (f"/{ident}" if ident is not None else "")
+        endpoint = f"/api/{resource}" + ("/{id}" if ident is not None else "")
+        request = _json_or_empty(body) if body else {}
         answer = None
         try:
-            answer = await self._upstream.put_json(
-                f"/api/Lot/{lot_id}", body, endpoint="/api/Lot/{id}"
-            )
+            answer = await self._upstream.send(method, path, (), body, endpoint=endpoint,
+                                               token=token)
             return answer
-        except UpstreamUnavailable as exc:
-            raise UpstreamFailed(f"the write did not reach the upstream: {exc.detail}") from None
-        except NotFound:
-            raise NotFound(f"Lot {lot_id} does not exist") from None
         finally:
-            seen = [*lots, _json_or_empty(answer)] if answer is not None else list(lots)
-            await self._invalidate_lot(lot_id, seen)
+            after = _json_or_empty(answer.body) if answer is not None else {}
+            await self._invalidate(stale(method, resource, ident, before, request, after))
 
-    async def _invalidate_lot(self, lot_id: int, lots: Sequence[dict[str, Any]]) -> None:
-        """The lot, every cached list that may hold it, and the catalogs it was or is in
-        (their lot lists change if a drop-in PUT moved it). Event pages hold nothing of
-        their own: they are rebuilt from these entries."""
-        await self._cache.invalidate(keys.one("Lot", lot_id))
-        await self._cache.invalidate_kind(keys.listing_kind("Lot"))
-        # Tolerant: a drop-in PUT body is passed on unvalidated, so `catalogs` may be junk.
-        catalog_ids = {c.get("catalogId") for lot in lots
-                       for c in _list(lot.get("catalogs")) if isinstance(c, dict)
-                       and isinstance(c.get("catalogId"), int)}
-        if any(lot.get("catalogs") != lots[0].get("catalogs") for lot in lots[1:]):
-            for catalog_id in catalog_ids:
-                await self._cache.invalidate(keys.one("Catalog", catalog_id))
-            await self._cache.invalidate_kind(keys.listing_kind("Catalog"))
+    async def _everything(self, sending: Any) -> Answer:
+        try:
+            return await sending
+        finally:
+            for kind in keys.EVERY_KIND:
+                await self._cache.invalidate_kind(kind)
+
+    async def _invalidate(self, what: Stale) -> None:
+        for key in sorted(what.keys, key=repr):
+            await self._cache.invalidate(key)
+        for kind in sorted(what.kinds):
+            await self._cache.invalidate_kind(kind)
+
+
+def stale(
+    method: str, resource: str, ident: int | None, before: dict[str, Any],
+    request: dict[str, Any], after: dict[str, Any],
+) -> Stale:
+    """What a write of `resource` outdates, from the entity before it, the request and the
+    answer (any of which may be empty or, for a drop-in body, junk: read tolerantly)."""
+    out = Stale(set(), {keys.listing_kind(resource)})
+    if ident is not None:
+        out.resource(resource, [ident])
+    seen = (before, request, after)
+    if resource == "Seller" and method != "POST":
+        out.resource("Catalog", _ids(seen, "catalogs", "id"))
+        out.kinds.add(keys.listing_kind("Catalog"))
+    elif resource == "Catalog":
+        out.resource("Seller", _ids(seen, "sellers", "id") | _plain_ids(request, "sellerIds"))
+        out.kinds.add(keys.listing_kind("Seller"))
+        if method == "DELETE":
+            out.resource("Lot", _ids([before], "lots", "id"))
+            out.kinds.add(keys.listing_kind("Lot"))
+    elif resource == "Lot":
+        catalogs = [_list(x.get("catalogs")) for x in seen if x]
+        # A lot's catalog lists it (id and lot number): they change only if its catalogs do.
+        if method != "PUT" or any(c != catalogs[0] for c in catalogs[1:]):
+            out.resource("Catalog", _ids(seen, "catalogs", "catalogId"))
+            out.kinds.add(keys.listing_kind("Catalog"))
+    return out
+
+
+def _ids(entities: Iterable[dict[str, Any]], member: str, field: str) -> set[int]:
+    return {item[field] for entity in entities for item in _list(entity.get(member))
+            if isinstance(item, dict) and isinstance(item.get(field), int)}
+
+
+def _plain_ids(entity: dict[str, Any], member: str) -> set[int]:
+    return {i for i in _list(entity.get(member)) if isinstance(i, int)}
 
 
 def _outcome_of(exc: GatewayError) -> str:
@@ -159,9 +276,9 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _json_or_empty(body: bytes) -> dict[str, Any]:
+def _json_or_empty(body: bytes | None) -> dict[str, Any]:
     try:
-        value = json.loads(body)
+        value = json.loads(body or b"")
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}

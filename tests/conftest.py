@@ -67,18 +67,25 @@ StartGateway = Callable[..., Awaitable[Gateway]]
 @pytest.fixture
 async def start_gateway(aiohttp_client) -> AsyncIterator[StartGateway]:
     """start_gateway(latency_ms=0, **sections) -> a running Gateway with a warm token,
-    in front of a sandbox of its own (seed, latency and jitter from the sandbox section).
+    in front of a sandbox of its own (seed, latency and jitter from the sandbox section),
+    or of the same sandbox as `beside` (a second replica).
 
     Sections are Config sections as dicts, e.g. upstream={"max_concurrency": 8}.
     """
     runners: list[web.AppRunner] = []
 
-    async def start(latency_ms: float = 0, jitter_ms: float = 0, **sections: Any) -> Gateway:
+    async def start(
+        latency_ms: float = 0, jitter_ms: float = 0, *, beside: Gateway | None = None,
+        **sections: Any,
+    ) -> Gateway:
         sb = {"latency_ms": latency_ms, "jitter_ms": jitter_ms, **sections.pop("sandbox", {})}
-        runner, url, sandbox = await start_sandbox(
-            latency_ms=sb["latency_ms"], jitter_ms=sb["jitter_ms"], seed=sb.get("seed", 1)
-        )
-        runners.append(runner)
+        if beside is not None:  # another replica in front of the same upstream
+            url, sandbox = beside.upstream_url, beside.sandbox
+        else:
+            runner, url, sandbox = await start_sandbox(
+                latency_ms=sb["latency_ms"], jitter_ms=sb["jitter_ms"], seed=sb.get("seed", 1)
+            )
+            runners.append(runner)
         config = aimed_at(Config().replace(sandbox=sb, **sections), url)
         app = create_app(config)
         client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})

@@ -46,7 +46,7 @@ async def test_bad_parameters_are_400(start_gateway, path):
 
 @pytest.mark.parametrize("path", [
     "/api/Lot/999999", "/api/Catalog/999999", "/api/Seller/999999",
-    "/api/v1/catalogs/999999/lots", "/api/v1/sellers/999999/events", "/api/nothing-here",
+    "/api/v1/catalogs/999999/lots", "/api/v1/sellers/999999/events", "/api/v1/nothing-here",
 ])
 async def test_unknown_ids_are_404(start_gateway, path):
     gw = await start_gateway()
@@ -55,9 +55,17 @@ async def test_unknown_ids_are_404(start_gateway, path):
 
 async def test_wrong_method_is_a_problem_not_a_page(start_gateway):
     gw = await start_gateway()
-    resp = await gw.client.delete("/api/Catalog/1")
+    resp = await gw.client.patch("/api/Catalog/1", json={})
     await assert_problem(resp, 405)
-    assert "GET" in resp.headers["Allow"]
+    assert resp.headers["Allow"] == "DELETE,GET,PUT"
+    assert gw.sandbox.calls == {}, "a wrong method on a known path reached the upstream"
+
+
+async def test_unknown_api_paths_pass_through_with_the_upstreams_answer(start_gateway):
+    gw = await start_gateway()
+    resp = await gw.client.get("/api/nothing-here")
+    assert resp.status == 404  # the sandbox's own answer, relayed, not cached
+    assert "X-Cache" not in resp.headers
 
 
 async def test_api_keys_guard_api_routes_only(start_gateway):

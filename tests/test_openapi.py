@@ -128,9 +128,26 @@ def sample_parts(method: str, path: str) -> dict[str, Any]:
         parts["query"] = {"ids": str(SAMPLE_ID["Lot"])}
     if path.endswith("/override"):
         parts["body"] = {"notes": "checked against the OpenAPI document"}
+    elif (method, path) in SAMPLE_BODIES:
+        parts["body"] = SAMPLE_BODIES[method, path]
     elif method in ("PUT", "POST"):
         parts["body"] = {}
     return parts
+
+
+# Bodies the upstream's models accept (an empty one is enough for the others).
+_EVENT = {"startDate": "2099-01-01T10:00:00Z", "endDate": "2099-01-02T10:00:00Z"}
+SAMPLE_BODIES: dict[tuple[str, str], Any] = {
+    ("POST", "/api/Catalog"): {"title": "Sample", **_EVENT},
+    ("PUT", "/api/Catalog/{id}"): {"title": "Sample", **_EVENT},
+    ("POST", "/api/Lot"): {"initialData": {"qty": 1}, "catalogs": []},
+    ("POST", "/api/Bulk/insert"): {"catalogs": []},
+    ("POST", "/api/Lot/get-overrides"): {"customerItemIds": []},
+    ("POST", "/api/Seller"): {"name": "Sample seller", "customerDisplayId": 424242,
+                              "isActive": True},
+    ("PUT", "/api/Seller/{id}"): {"name": "Sample seller", "customerDisplayId": 424242,
+                                  "isActive": True},
+}
 
 
 def documented(method: str, path: str, status: int) -> bool:
@@ -147,10 +164,13 @@ def test_the_document_is_valid_openapi() -> None:
 
 
 def test_it_lists_exactly_the_json_routes_the_app_registers() -> None:
+    # The pass-through for paths the upstream's document does not name is not an operation
+    # of its own (any method, any path): the document's description says what it does.
     registered = {
         (route.method, route.resource.canonical)
         for route in gateway_app().router.routes()
         if route.method != "HEAD" and not ui_route(route)
+        and route.resource.canonical != "/api/{path}"
     }
     documented_ops = {(method, path) for method, path, _ in operations()}
     assert registered - documented_ops == set(), "routes missing from the OpenAPI document"
@@ -544,7 +564,8 @@ def test_put_lot_answers_as_documented(gateway_url: str, http: requests.Session)
 
 def test_wrong_methods_are_405s(gateway_url: str, http: requests.Session) -> None:
     for path, item in OPENAPI["paths"].items():
-        if "delete" in item:
+        # /api/Lot/get-overrides also matches DELETE /api/Lot/{id}, whose id it is not (400).
+        if "delete" in item or path == "/api/Lot/get-overrides":
             continue
         url = gateway_url + path.replace("{id}", "1")
         resp = http.delete(url, timeout=15)
@@ -590,7 +611,8 @@ async def test_upstream_failures_answer_as_documented(
             failed = {error["status"] for error in answer.json()["errors"]}
             assert failed == ({reads} if reads != 200 else set()), answer.text
         else:
-            expected = writes if method in ("PUT", "POST") else reads
+            read = method == "GET" or path == "/api/Lot/get-overrides"  # a read sent as POST
+            expected = reads if read else writes
         assert answer.status_code == expected, (method, path, answer.status_code, answer.text)
 
 

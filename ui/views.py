@@ -23,7 +23,7 @@ from aiohttp import web
 from gateway import params
 from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.reads import MAX_PAGE_SIZE, Reads
-from gateway.routes import Handler
+from gateway.routes import Handler, other_methods
 from gateway.state import READS, WRITES
 from ui.lots import TABLE_FIELDS, LotsView, LotView, form_changes
 from ui.session import current, page_context
@@ -238,12 +238,7 @@ async def save_field(request: web.Request) -> web.Response:
 
 async def no_such_page(request: web.Request) -> web.Response:
     """/ui/... that no route serves: 405 with Allow if the path exists for other methods."""
-    own = request.match_info.route.resource
-    allowed: set[str] = set()
-    for resource in request.app.router.resources():
-        if resource is not own and resource.canonical.startswith("/ui/"):
-            match, methods = await resource.resolve(request)
-            allowed |= methods if match is None else set()
+    allowed = await other_methods(request)
     if allowed:
         raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
     raise NotFound("no such page")

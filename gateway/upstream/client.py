@@ -15,6 +15,7 @@ import asyncio
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -32,8 +33,18 @@ from gateway.upstream.identity import TokenProvider
 Params = Sequence[tuple[str, str]]
 
 _RETRYABLE_STATUS = {502, 503, 504}
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 _BACKOFF_BASE_S = 0.05
 _BACKOFF_CAP_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The upstream's answer as it came: status, body bytes, content type."""
+
+    status: int
+    body: bytes
+    content_type: str | None = None
 
 
 class UpstreamObserver:
@@ -81,7 +92,8 @@ class UpstreamClient:
 
     async def get(self, path: str, params: Params = (), *, endpoint: str) -> bytes:
         """GET `path`; the 200 body. `endpoint` is the path template, for metrics."""
-        return await self._call("GET", path, params, None, endpoint, self._retries)
+        answer = await self._call("GET", path, params, None, endpoint, self._retries, None)
+        return _outcome(answer, endpoint)
 
     async def put_json(self, path: str, body: bytes, *, endpoint: str) -> bytes:
         """PUT a JSON body; the 2xx answer's body.
@@ -89,19 +101,39 @@ class UpstreamClient:
         Retried like a GET: a PUT of a whole lot is idempotent, so repeating one whose
         answer was lost leaves the upstream exactly as one success would.
         """
-        return await self._call("PUT", path, (), body, endpoint, self._retries)
+        answer = await self._call("PUT", path, (), body, endpoint, self._retries, None)
+        return _outcome(answer, endpoint)
+
+    async def send(
+        self, method: str, path: str, params: Params = (), body: bytes | None = None, *,
+        endpoint: str, token: str | None = None,
+    ) -> Answer:
+        """Any request, passed through: the upstream's answer whatever its status, 4xx
+        included (the caller sees what the upstream said); no answer or a 5xx after the
+        retries is the GatewayError a client should see.
+
+        `token`: the caller's own upstream token (relayed writes), else the gateway's. A
+        relayed token the upstream refuses is the caller's 401, not a re-authentication.
+        Only idempotent methods are retried: a POST whose answer was lost may have been
+        applied, and sending it again could create a second record.
+        """
+        retries = self._retries if method in _IDEMPOTENT else 0
+        answer = await self._call(method, path, params, body, endpoint, retries, token)
+        if answer.status >= 500:
+            raise _outcome_error(answer.status, endpoint)
+        return answer
 
     async def _call(
         self, method: str, path: str, params: Params, body: bytes | None, endpoint: str,
-        retries: int,
-    ) -> bytes:
-        reauthenticated = False
+        retries: int, relayed: str | None,
+    ) -> Answer:
+        reauthenticated = relayed is not None  # a caller's token is never renewed here
         attempt = 0
         while True:
             self.breaker.check()  # open: refuse now, before waiting for anything
-            token = await self._tokens.token()
+            token = relayed or await self._tokens.token()
             try:
-                status, data = await self._attempt(method, path, params, body, endpoint, token)
+                answer = await self._attempt(method, path, params, body, endpoint, token)
             except TimeoutError:
                 failure: GatewayError = UpstreamTimeout(
                     f"upstream did not answer {method} {endpoint} within {self._timeout_s:g} s"
@@ -109,15 +141,15 @@ class UpstreamClient:
             except aiohttp.ClientError as exc:
                 failure = UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}")
             else:
-                if status == 401 and not reauthenticated:
+                if answer.status == 401 and not reauthenticated:
                     # The token lapsed or was revoked: one re-auth, one retry, not counted
                     # as a retry. Concurrent 401s for the same token share the re-auth.
                     self._tokens.invalidate(token)
                     reauthenticated = True
                     continue
-                if status not in _RETRYABLE_STATUS:
-                    return _outcome(status, data, endpoint)
-                failure = _outcome_error(status, endpoint)
+                if answer.status not in _RETRYABLE_STATUS:
+                    return answer
+                failure = _outcome_error(answer.status, endpoint)
             if attempt >= retries:
                 raise failure
             attempt += 1
@@ -126,7 +158,7 @@ class UpstreamClient:
     async def _attempt(
         self, method: str, path: str, params: Params, body: bytes | None, endpoint: str,
         token: str,
-    ) -> tuple[int, bytes]:
+    ) -> Answer:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -155,7 +187,7 @@ class UpstreamClient:
                 data = await resp.read()
                 status = str(resp.status)
                 failed = resp.status >= 500
-                return resp.status, data
+                return Answer(resp.status, data, resp.headers.get("Content-Type"))
         except asyncio.CancelledError:
             failed = None
             raise
@@ -165,7 +197,13 @@ class UpstreamClient:
             self._observer.answered(endpoint, status, time.perf_counter() - start)
 
 
-def _outcome(status: int, data: bytes, endpoint: str) -> bytes:
+def expect_ok(answer: Answer, endpoint: str) -> bytes:
+    """The body of a 2xx answer; any other status as the GatewayError it means."""
+    return _outcome(answer, endpoint)
+
+
+def _outcome(answer: Answer, endpoint: str) -> bytes:
+    status, data = answer.status, answer.body
     if 200 <= status < 300:
         return data
     if status == 404:

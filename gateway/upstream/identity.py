@@ -40,19 +40,30 @@ class IdentityRejected(UpstreamFailed):
     """The identity endpoint refused the credentials (400 invalid_grant / 401)."""
 
 
+def identity_form(grant: dict[str, str], creds: Credentials, scope: str) -> dict[str, str]:
+    """A token request as ABConnect's own SDK sends it: `rememberMe`, the scope, and the
+    client id and secret only when set (never sent empty)."""
+    form = {**grant, "scope": scope, "rememberMe": "True"}
+    if creds.client_id:
+        form["client_id"] = creds.client_id
+    if creds.client_secret:
+        form["client_secret"] = creds.client_secret
+    return form
+
+
+def password_form(creds: Credentials, scope: str) -> dict[str, str]:
+    # The SDK lowercases the username; the identity server matches it in any case.
+    grant = {"grant_type": "password", "username": creds.username.lower(),
+             "password": creds.password}
+    return identity_form(grant, creds, scope)
+
+
 async def password_grant(
     session: aiohttp.ClientSession, identity_url: str, creds: Credentials,
-    timeout_s: float,
+    timeout_s: float, scope: str = "offline_access",
 ) -> dict:
     """One password-grant call; the token JSON, or IdentityRejected / Upstream* errors."""
-    return await _token_call(session, identity_url, {
-        "grant_type": "password",
-        "username": creds.username,
-        "password": creds.password,
-        "client_id": creds.client_id,
-        "client_secret": creds.client_secret,
-        "scope": "offline_access",
-    }, timeout_s)
+    return await _token_call(session, identity_url, password_form(creds, scope), timeout_s)
 
 
 class TokenProvider:
@@ -63,10 +74,12 @@ class TokenProvider:
         creds: Credentials,
         *,
         timeout_s: float,
+        scope: str = "offline_access",
         on_call: Callable[[str], None] = lambda status: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
+        self._scope = scope
         self._url = identity_url
         self._creds = creds
         self._timeout_s = timeout_s
@@ -95,7 +108,7 @@ class TokenProvider:
             username, password, self._creds.client_id, self._creds.client_secret
         )
         try:
-            await password_grant(self._session, self._url, creds, self._timeout_s)
+            await password_grant(self._session, self._url, creds, self._timeout_s, self._scope)
         except IdentityRejected:
             return False
         return True
@@ -114,23 +127,18 @@ class TokenProvider:
         data = None
         if self._refresh is not None:
             try:
-                data = await _token_call(self._session, self._url, {
-                    "grant_type": "refresh_token",
-                    "refresh_token": self._refresh,
-                    "client_id": self._creds.client_id,
-                    "client_secret": self._creds.client_secret,
-                }, self._timeout_s, self._on_call)
+                grant = {"grant_type": "refresh_token", "refresh_token": self._refresh}
+                data = await _token_call(
+                    self._session, self._url, identity_form(grant, self._creds, self._scope),
+                    self._timeout_s, self._on_call,
+                )
             except IdentityRejected:
                 log.info("refresh token refused; signing in again")
         if data is None:
-            data = await _token_call(self._session, self._url, {
-                "grant_type": "password",
-                "username": self._creds.username,
-                "password": self._creds.password,
-                "client_id": self._creds.client_id,
-                "client_secret": self._creds.client_secret,
-                "scope": "offline_access",
-            }, self._timeout_s, self._on_call)
+            data = await _token_call(
+                self._session, self._url, password_form(self._creds, self._scope),
+                self._timeout_s, self._on_call,
+            )
         try:
             access = str(data["access_token"])
             lifetime = float(data.get("expires_in", 3600))
