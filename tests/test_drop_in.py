@@ -14,7 +14,7 @@ import jwt
 import pytest
 from ABConnect.api.catalog import BaseCatalogEndpoint
 
-from gateway.state import CACHE
+from gateway.state import CACHE, TOKENS
 from sandbox.identity import SigningKey
 
 from gwtesting import eventually
@@ -340,3 +340,48 @@ async def test_after_the_identity_server_rotates_its_key_new_tokens_are_accepted
     new = gw.sandbox.issue_tokens("alice")["access_token"]
     resp = await gw.client.get(path, headers={"Authorization": f"Bearer {new}"})
     assert resp.status == 200, await resp.text()  # no restart: the new key was fetched
+
+
+async def test_a_drop_in_lot_update_shows_on_every_page_that_holds_it(pair):
+    _, catalog_id = a_seller_with_events(pair.data)
+    lot_id = pair.data.lot_ids_of_catalog(catalog_id)[1]
+    page_path = f"/api/v1/catalogs/{catalog_id}/lots?page_size=100"
+    item = pair.data.lots[lot_id]["customerItemId"]
+    await pair.warm(f"/api/Lot/{lot_id}", page_path, f"/api/Lot?CustomerItemId={item}",
+                    f"/api/v1/lots?ids={lot_id}")
+    lot = pair.data.lot_dto(lot_id)
+    await pair.write("PUT", f"/api/Lot/{lot_id}", {
+        "customerItemId": lot["customerItemId"],
+        "imageLinks": [i["link"] for i in lot["imageLinks"]],
+        "overridenData": [{"Qty": 41}], "catalogs": lot["catalogs"]})
+
+    def qty(found: dict) -> int:
+        return found["overridenData"][0]["qty"]
+
+    assert qty(await pair.read(f"/api/Lot/{lot_id}")) == 41
+    page = await pair.read(page_path)
+    assert qty(next(x for x in page["items"] if x["id"] == lot_id)) == 41
+    assert qty((await pair.read(f"/api/Lot?CustomerItemId={item}"))["items"][0]) == 41
+    assert qty((await pair.read(f"/api/v1/lots?ids={lot_id}"))["items"][0]) == 41
+
+
+async def test_an_override_saved_with_a_callers_token_is_relayed_and_logged_as_them(
+    start_gateway, caplog
+):
+    gw = await start_gateway(auth={"upstream_tokens": "write"})
+    lot_id = next(iter(gw.sandbox.data.lots))
+    token = gw.sandbox.issue_tokens("bob")["access_token"]
+    gw.sandbox.reset_stats()
+    with caplog.at_level("INFO", logger="gateway.overrides"):
+        resp = await gw.client.post(f"/api/v1/lots/{lot_id}/override", json={"qty": 8},
+                                    headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 200, await resp.text()
+    assert gw.sandbox.callers[("PUT /api/Lot/{id}", "bob")] == 1
+    assert '"actor": "bob"' in caplog.text and token not in caplog.text
+
+
+async def test_the_gateway_signs_in_as_the_sdk_does(start_gateway):
+    gw = await start_gateway()
+    claims = jwt.decode(await gw.app[TOKENS].token(), options={"verify_signature": False})
+    assert claims["preferred_username"] == "gateway" and claims["scope"] == "offline_access"
+    assert "client_id" not in claims  # unset client fields are left out, not sent empty
