@@ -77,7 +77,8 @@ class RedisRevocations:
             # after a Redis restart meets one the server closed: try once more on a new
             # one rather than lose a sign-out. (A refused connection fails fast twice; a
             # timeout is not retried.)
-            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError],
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            retry_on_error=[RedisConnectionError],
         )
         self._prefix = prefix
         self._retry_s = retry_s

@@ -74,10 +74,17 @@ class Listener:
         self._task = asyncio.get_running_loop().create_task(self._listen())
 
     async def close(self) -> None:
-        if self._task is not None:
+        """Stop listening. Cancelled again until the task ends: on Python 3.11 a redis
+        command sent through asyncio.wait_for can swallow a cancellation that lands just as
+        it completes, and the loop would then go on (and shutdown would hang)."""
+        if self._task is None:
+            return
+        while not self._task.done():
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=0.5)
+        if not self._task.cancelled() and self._task.exception() is not None:
+            log.error("the Redis listener had stopped on an error",
+                      exc_info=self._task.exception())
 
     def down(self, exc: BaseException) -> None:
         """Redis failed an operation: degrade (logged once per outage), wake waiters."""
@@ -127,6 +134,14 @@ class Listener:
             log.warning("Skipping a malformed message on %s (%s): %s", self._channel, exc,
                         text if len(text) <= 200 else text[:200] + "...")
             return
+        try:
+            self._handle(message)
+        except Exception:
+            # A handler's bug must not end the listening: reads stay correct without the
+            # message (every read checks its key's generation), only less prompt.
+            log.exception("a handler failed on a message on %s; listening on", self._channel)
+
+    def _handle(self, message: object) -> None:
         match message:
             case Released(name):
                 self._on_released(name)
