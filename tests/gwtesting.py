@@ -78,6 +78,17 @@ def get(url: str) -> tuple[int, bytes]:
         return resp.status, resp.read()
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited 15 s later; reaped either way."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_until_up(url: str, proc: subprocess.Popen, limit_s: float = 20) -> None:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
@@ -114,12 +125,7 @@ def running_gateway(**extra_env: str) -> Iterator[str]:
                 raise AssertionError(log.read().decode(errors="replace")) from None
             yield base
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 class RedisServer:
@@ -178,9 +184,4 @@ def running_sandbox(port: int) -> Iterator[str]:
                     time.sleep(0.05)
             yield base
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)

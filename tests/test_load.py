@@ -25,7 +25,7 @@ from typing import IO
 import aiohttp
 import pytest
 
-from gwtesting import ROOT, env, eventually_sync, free_port, get, wait_until_up
+from gwtesting import ROOT, env, eventually_sync, free_port, get, stop, wait_until_up
 
 CLI = [sys.executable, "-m", "gateway"]
 WORKERS = 20  # concurrent clients of the load
@@ -74,17 +74,6 @@ def post(url: str, body: dict | None = None) -> None:
 def output(log: IO[bytes]) -> str:
     log.seek(0)
     return log.read().decode(errors="replace")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL if it has not exited 15 s later; reaped either way."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def up(url: str, proc: subprocess.Popen, log: IO[bytes]) -> None:
