@@ -254,8 +254,8 @@ async def test_concurrent_drop_in_puts_on_one_lot_through_both_replicas_are_seri
     writes of one lot reach the upstream one at a time, and what both replicas serve
     afterwards is what the upstream holds.
 
-    Mutations seen to fail it: removing `async with self._cache.exclusive(...)` from
-    writes.put_lot; taking no Redis lease in RedisTier.exclusive (in-process lock only).
+    Mutations seen to fail it: Writes._lock taking no lock (`nullcontext()`); taking no
+    Redis lease in RedisTier.exclusive (in-process lock only).
     """
     a, b = replicas.start().urls
     lot_id = 10070

@@ -40,8 +40,8 @@ async def put_lot(gw, lot_id: int, **changes) -> dict:
 
 
 async def test_a_save_outdates_every_cached_lot_list(start_gateway):
-    """Mutation seen to fail it: drop `invalidate_kind(keys.listing_kind("Lot"))` from
-    writes._invalidate_lot."""
+    """Mutation seen to fail it: start writes.stale() without the written resource's list
+    kind (`Stale(set(), set())`), so lot lists are not invalidated."""
     gw = await start_gateway()
     _, lot_id = event_with_lot(gw)
     item = gw.sandbox.data.lots[lot_id]["customerItemId"]
@@ -60,9 +60,9 @@ async def test_a_drop_in_put_that_moves_a_lot_updates_both_catalogs_and_event_pa
 ):
     """The lot itself is not cached: only its old and new catalogs are.
 
-    Mutation seen to fail it: in writes.put_lot, take the lot's old state from the cache
-    (`cache.peek`, as before) instead of reading it fresh: an uncached lot then moves without
-    its old catalog being outdated.
+    Mutation seen to fail it: in Writes.update, take the lot's old state from the cache
+    (`cache.peek`) instead of reading it fresh: an uncached lot then moves without its old
+    catalog being outdated.
     """
     gw = await start_gateway()
     data = gw.sandbox.data
@@ -164,8 +164,8 @@ async def test_a_save_that_changes_nothing_does_not_write(start_gateway):
 async def test_concurrent_drop_in_puts_on_one_lot_are_serialised_and_the_last_one_reads_back(
     start_gateway,
 ):
-    """Mutation seen to fail it: drop `async with self._cache.exclusive(...)` from
-    writes.put_lot (the writes then overlap at the upstream)."""
+    """Mutation seen to fail it: make Writes._lock return `nullcontext()` for every write
+    (the writes then overlap at the upstream)."""
     gw = await start_gateway(latency_ms=40, jitter_ms=30)
     _, lot_id = event_with_lot(gw, 12)
     await gw.get_json(f"/api/Lot/{lot_id}")  # cached: every write must outdate it

@@ -93,16 +93,7 @@ class UpstreamClient:
     async def get(self, path: str, params: Params = (), *, endpoint: str) -> bytes:
         """GET `path`; the 200 body. `endpoint` is the path template, for metrics."""
         answer = await self._call("GET", path, params, None, endpoint, self._retries, None)
-        return _outcome(answer, endpoint)
-
-    async def put_json(self, path: str, body: bytes, *, endpoint: str) -> bytes:
-        """PUT a JSON body; the 2xx answer's body.
-
-        Retried like a GET: a PUT of a whole lot is idempotent, so repeating one whose
-        answer was lost leaves the upstream exactly as one success would.
-        """
-        answer = await self._call("PUT", path, (), body, endpoint, self._retries, None)
-        return _outcome(answer, endpoint)
+        return expect_ok(answer, endpoint)
 
     async def send(
         self, method: str, path: str, params: Params = (), body: bytes | None = None, *,
@@ -199,10 +190,6 @@ class UpstreamClient:
 
 def expect_ok(answer: Answer, endpoint: str) -> bytes:
     """The body of a 2xx answer; any other status as the GatewayError it means."""
-    return _outcome(answer, endpoint)
-
-
-def _outcome(answer: Answer, endpoint: str) -> bytes:
     status, data = answer.status, answer.body
     if 200 <= status < 300:
         return data
