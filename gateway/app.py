@@ -14,15 +14,20 @@ from async_lru import alru_cache
 
 import ui
 from gateway import api, embedded
+from gateway.access import request_middleware
+from gateway.audit import AuditLog
 from gateway.auth import caller_middleware
 from gateway.cache import Cache, LocalTier, RedisTier
 from gateway.config import Config, token_issuer
 from gateway.errors import GatewayError, NotFound
+from gateway.limits import rate_middleware
 from gateway.metrics import Metrics, timing_middleware
+from gateway.policy import policy_middleware
 from gateway.reads import Reads
 from gateway.revocations import LocalRevocations, RedisRevocations
 from gateway.sessions import Cookies, OperatorSessions, signing_secret
 from gateway.state import (
+    AUDIT,
     CACHE,
     CONFIG,
     METRICS,
@@ -45,12 +50,16 @@ log = logging.getLogger(__name__)
 def create_app(config: Config) -> web.Application:
     metrics = Metrics()
     app = web.Application(middlewares=[
+        request_middleware(),  # X-Request-ID in and out; one JSON access-log line
         timing_middleware(metrics),  # every request: gateway_http_requests_total
         api.problem_middleware,  # any error that reaches it leaves as problem+json
+        policy_middleware(config),  # Host (421) and Origin (403) rules; proxies; scheme
         caller_middleware(config.api_keys, config.auth),  # /api/*: API key, own JWT or none
+        rate_middleware(config.limits),  # a token bucket per caller (429)
     ])
     app[CONFIG] = config
     app[METRICS] = metrics
+    app[AUDIT] = AuditLog(config.audit.path)
     api.add_routes(app)
     ui.add_routes(app)  # its own middlewares (HTML errors, sessions) wrap its routes only
     app.cleanup_ctx.append(_services)

@@ -5,9 +5,11 @@ Sources, lowest precedence first:
 1. the defaults below (the same as the shipped config.toml, which documents every key);
 2. the TOML file given to `load_config` (None: defaults only);
 3. `GW_<SECTION>_<KEY>` environment overrides, for any key of [server], [upstream], [cache],
-   [sandbox], [auth], parsed to the key's type (bools: 1/true/yes/on, 0/false/no/off);
+   [sandbox], [auth], [limits], [audit], parsed to the key's type (bools: 1/true/yes/on,
+   0/false/no/off; lists: comma-separated, e.g. GW_AUTH_OPERATORS="alice,bob");
 4. secrets, only ever from the environment: ABCONNECT_USERNAME, ABCONNECT_PASSWORD,
-   ABC_CLIENT_ID, ABC_CLIENT_SECRET (`credentials`), GW_API_KEYS (`api_keys`) and
+   ABC_CLIENT_ID, ABC_CLIENT_SECRET (`credentials`), GW_API_KEYS (`api_keys`: name, key and
+   scope of each; see parse_api_keys) and
    GW_SESSION_SECRET (`session_secret`; empty: a random one is drawn at start). Secrets stay
    out of repr() and out of error messages.
 
@@ -36,10 +38,12 @@ from gateway.params import InvalidParam, parse_bool
 from gateway.upstream.identity import Credentials
 
 __all__ = [
-    "AuthConfig", "CacheConfig", "Config", "ConfigError", "Credentials", "SandboxConfig",
-    "ServerConfig", "UpstreamConfig", "is_loopback", "load_config", "parse_api_keys",
-    "token_issuer",
+    "MIN_KEY_LENGTH", "ApiKey", "AuditConfig", "AuthConfig", "CacheConfig", "Config",
+    "ConfigError", "Credentials", "LimitsConfig", "SandboxConfig", "ServerConfig",
+    "UpstreamConfig", "is_loopback", "load_config", "parse_api_keys", "token_issuer",
 ]
+
+MIN_KEY_LENGTH = 16  # an API key shorter than this is guessable: refused at start-up
 
 
 class ConfigError(ValueError):
@@ -71,6 +75,32 @@ _NonNegative = Annotated[_Float, Field(ge=0)]
 _Positive = Annotated[_Float, Field(gt=0)]
 _HttpUrl = Annotated[_Str, _prefixed("http://", "https://", why="must be an http(s) URL")]
 
+
+def _cidrs(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or CIDR block") from None
+    return values
+
+
+def _origins(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise ValueError(f"{value!r} is not an origin (scheme://host[:port])")
+    return tuple(v.rstrip("/").lower() for v in values)
+
+
+def _names(values: tuple[str, ...]) -> tuple[str, ...]:
+    if any(not v.strip() for v in values):
+        raise ValueError("names must be non-empty")
+    return tuple(v.strip() for v in values)
+
+
+_List = tuple[_Str, ...]  # a TOML array of strings; from the environment: comma-separated
+
 # Sections are pydantic dataclasses: validated like models, and still plain dataclasses to
 # code that lists their fields (tests/test_deploy.py checks deployment files against them).
 _section = dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -81,6 +111,16 @@ class ServerConfig:
     host: Annotated[_Str, Field(min_length=1)] = "127.0.0.1"
     port: Annotated[_Int, Field(ge=1, le=65535)] = 8080
     workers: Annotated[_Int, Field(ge=1, le=64)] = 1
+    # Origins (scheme://host[:port]) besides the gateway's own whose pages may send
+    # non-GET requests (a browser's Origin header); any other origin gets 403.
+    allowed_origins: Annotated[_List, AfterValidator(_origins)] = ()
+    # Proxies (IP addresses or CIDR blocks) whose X-Forwarded-For and X-Forwarded-Proto are
+    # believed; from anyone else those headers are ignored.
+    trusted_proxies: Annotated[_List, AfterValidator(_cidrs)] = ()
+    # A client that takes longer than this to send its request (headers and body) is cut off.
+    read_timeout_s: _Positive = 30.0
+    # A second port serving /metrics alone (then not served on the API port); 0 = off.
+    admin_port: Annotated[_Int, Field(ge=0, le=65535)] = 0
 
 
 @_section
@@ -137,6 +177,34 @@ class AuthConfig:
     issuer: Annotated[_Str, AfterValidator(_empty_or_http_url)] = ""
     # The `aud` a token must carry; "" = not checked.
     audience: _Str = ""
+    # UI password sign-in: only these ABConnect usernames (any case), or holders of
+    # operator_role in their token's `role` claim. Neither set: password sign-in is off in
+    # live mode (API-key sign-in still works); the sandbox's own users may sign in.
+    operators: Annotated[_List, AfterValidator(_names)] = ()
+    operator_role: _Str = ""
+
+
+@_section
+class LimitsConfig:
+    """What one caller (API key, token subject, or client address when open) may make the
+    gateway do."""
+
+    requests_per_s: _Positive = 100.0  # token bucket: sustained requests per second...
+    burst: Annotated[_Int, Field(ge=1)] = 200  # ...and how many may come at once
+    # Share of upstream.max_concurrency one caller's cold fetches may hold at once.
+    upstream_share: Annotated[_Float, Field(gt=0, le=1)] = 0.5
+    sign_in_failures: Annotated[_Int, Field(ge=1)] = 5  # failed sign-ins per user or address...
+    sign_in_window_s: _Positive = 900.0  # ...within this window, then 429 until it passes
+    sign_in_concurrency: Annotated[_Int, Field(ge=1)] = 4  # identity calls for sign-in at once
+    max_page_size: Annotated[_Int, Field(ge=1)] = 500  # PageSize on mirror list routes
+    lock_wait_s: _Positive = 15.0  # longest wait for a lot's write lock before 503
+
+
+@_section
+class AuditConfig:
+    # One JSON line per write (override, drop-in write, bulk insert, sign-in, sign-out),
+    # flushed and fsynced before the answer leaves. Relative: to the working directory.
+    path: Annotated[_Str, Field(min_length=1)] = "audit.log"
 
 
 _SECTIONS: dict[str, type] = {
@@ -145,7 +213,21 @@ _SECTIONS: dict[str, type] = {
     "cache": CacheConfig,
     "sandbox": SandboxConfig,
     "auth": AuthConfig,
+    "limits": LimitsConfig,
+    "audit": AuditConfig,
 }
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One client key of GW_API_KEYS. The key itself never appears in logs or messages."""
+
+    key: str = Field(repr=False)
+    scope: Literal["read", "write"] = "read"
+
+    def __post_init__(self) -> None:
+        if len(self.key) < MIN_KEY_LENGTH:
+            raise ValueError(f"must be at least {MIN_KEY_LENGTH} characters long")
 
 
 class Config(BaseSettings):
@@ -156,9 +238,11 @@ class Config(BaseSettings):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     credentials: Credentials = Field(default_factory=lambda: Credentials("", ""), repr=False)
-    # name -> key. Names appear in logs; keys, like every secret here, never do.
-    api_keys: Mapping[str, str] = Field(default_factory=dict, repr=False)
+    # name -> key and scope. Names appear in logs; keys, like every secret here, never do.
+    api_keys: Mapping[str, ApiKey] = Field(default_factory=dict, repr=False)
     session_secret: str = Field(default="", repr=False)
 
     @classmethod
@@ -187,6 +271,12 @@ class Config(BaseSettings):
                 "upstream.mode: live mode needs ABCONNECT_USERNAME and ABCONNECT_PASSWORD in "
                 "the environment"
             )
+        seen: dict[str, str] = {}
+        for name, api_key in self.api_keys.items():
+            if api_key.key in seen:
+                raise ValueError(f"GW_API_KEYS: keys {seen[api_key.key]!r} and {name!r} are "
+                                 "the same key; each caller needs its own")
+            seen[api_key.key] = name
         return self
 
     def replace(self, **changes: Any) -> Config:
@@ -225,24 +315,35 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     return _checked(lambda: Config(**values), origins)
 
 
-def parse_api_keys(text: str) -> dict[str, str]:
-    """`name:key,other:key2` -> {name: key}; a bare `key` is named `key1`, `key2`, ...
+def parse_api_keys(text: str) -> dict[str, ApiKey]:
+    """`ops:<key>:write,ci:<key>` -> {"ops": ApiKey(<key>, "write"), "ci": ApiKey(<key>)}.
 
-    Names appear in logs (who saved an override); keys never do.
+    A key reads only, unless its entry ends in `:write`. A bare `key` is named `key1`, `key2`,
+    ... by its position. Names appear in logs (the caller of
+    a request, the actor of a save); keys never do, not even in an error about them.
     """
-    keys: dict[str, str] = {}
+    keys: dict[str, ApiKey] = {}
     for position, item in enumerate((p.strip() for p in text.split(",")), start=1):
         if not item:
             continue
-        name, sep, key = item.partition(":")
+        name, sep, rest = item.partition(":")
         if not sep:
-            name, key = f"key{position}", item
+            name, sep, rest = f"key{position}", ":", item
+        key, _, scope = rest.rpartition(":") if rest.endswith((":read", ":write")) else (
+            rest, "", "read")
         name, key = name.strip(), key.strip()
-        if not name or not key:
-            raise ConfigError("GW_API_KEYS: each entry is 'name:key' or 'key'")
+        if not sep or not name or not key:
+            raise ConfigError("GW_API_KEYS: each entry is 'name:key' or 'name:key:write'")
         if name in keys:
             raise ConfigError(f"GW_API_KEYS: duplicate name {name!r}")
-        keys[name] = key
+        if len(key) < MIN_KEY_LENGTH:
+            raise ConfigError(f"GW_API_KEYS: the key of {name!r} is shorter than "
+                              f"{MIN_KEY_LENGTH} characters")
+        if any(k.key == key for k in keys.values()):
+            other = next(n for n, k in keys.items() if k.key == key)
+            raise ConfigError(f"GW_API_KEYS: keys {other!r} and {name!r} are the same key; "
+                              "each caller needs its own")
+        keys[name] = ApiKey(key, scope)  # type: ignore[arg-type]
     return keys
 
 
@@ -320,6 +421,8 @@ def _parse_env(var: str, text: str, kind: Any) -> Any:
             return parse_bool(var, text)  # the same words a query parameter accepts
         except InvalidParam:
             raise ConfigError(f"{var}: expected true or false, got {text!r}") from None
+    if kind == tuple[str, ...] or getattr(kind, "__origin__", None) is tuple:
+        return tuple(item.strip() for item in text.split(",") if item.strip())
     if kind in (int, float):
         try:
             return kind(text)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from gateway.audit import AuditLog
 from gateway.cache import Cache
 from gateway.config import Config
 from gateway.metrics import Metrics
@@ -37,6 +38,7 @@ SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
 # (one key, short fixed TTL, concurrent probes share one call, failures not kept): the
 # one place where a plain memoising cache is exactly what is needed.
 READINESS = web.AppKey("readiness", Callable[[], Awaitable[str]])
+AUDIT = web.AppKey("audit", AuditLog)  # audit.path, opened per line (gateway/audit.py)
 
 CLIENT_NAME = web.RequestKey("client_name", str)  # the caller's name (gateway/auth.py)
 CALLER: web.RequestKey[Caller] = web.RequestKey("caller")  # who calls /api/* (gateway/auth.py)

@@ -6,10 +6,12 @@ so the tests exercise the same code path a deployment does.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,7 +22,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.config import Config
 from gateway.embedded import aimed_at
-from gateway.state import TOKENS
+from gateway.state import CONFIG, TOKENS
 from sandbox import Sandbox, start_sandbox
 
 from gwtesting import RedisServer
@@ -32,6 +34,16 @@ class Gateway:
     app: web.Application
     sandbox: Sandbox
     upstream_url: str
+
+    @property
+    def audit_path(self) -> Path:
+        return Path(self.app[CONFIG].audit.path)
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        """The audit trail so far, one dict per line."""
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
 
     def calls(self, route: str) -> int:
         return self.sandbox.calls[route]
@@ -65,12 +77,13 @@ StartGateway = Callable[..., Awaitable[Gateway]]
 
 
 @pytest.fixture
-async def start_gateway(aiohttp_client) -> AsyncIterator[StartGateway]:
+async def start_gateway(aiohttp_client, tmp_path: Path) -> AsyncIterator[StartGateway]:
     """start_gateway(latency_ms=0, **sections) -> a running Gateway with a warm token,
     in front of a sandbox of its own (seed, latency and jitter from the sandbox section),
     or of the same sandbox as `beside` (a second replica).
 
-    Sections are Config sections as dicts, e.g. upstream={"max_concurrency": 8}.
+    Sections are Config sections as dicts, e.g. upstream={"max_concurrency": 8}. Each
+    gateway writes its audit trail to a file of its own under the test's tmp_path.
     """
     runners: list[web.AppRunner] = []
 
@@ -86,6 +99,8 @@ async def start_gateway(aiohttp_client) -> AsyncIterator[StartGateway]:
                 latency_ms=sb["latency_ms"], jitter_ms=sb["jitter_ms"], seed=sb.get("seed", 1)
             )
             runners.append(runner)
+        sections.setdefault("audit", {"path": str(tmp_path / f"audit-{len(runners)}-"
+                                                  f"{id(sections)}.log")})
         config = aimed_at(Config().replace(sandbox=sb, **sections), url)
         app = create_app(config)
         client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})
