@@ -15,3 +15,13 @@ def policy_middleware(config: Config) -> Any:
         return await handler(request)
 
     return policy
+
+
+def client_address(request: web.Request) -> str:
+    """The client's address (placeholder: the socket peer)."""
+    return request.remote or "unknown"
+
+
+def is_https(request: web.Request) -> bool:
+    """Whether the client reached us over HTTPS (placeholder: directly only)."""
+    return request.secure
