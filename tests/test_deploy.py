@@ -100,8 +100,13 @@ def valid_gw_names() -> set[str]:
     return override_names() | {name for name in secret_names() if name.startswith("GW_")}
 
 
+DEPLOY_KEY = "deploy-test-gw-api-keys"  # the stand-in API key (write scope)
+
+
 def stand_in(name: str) -> str:
     """A made-up value for a secret, when a test loads a deployment's environment."""
+    if name == "GW_API_KEYS":
+        return f"deploy:{DEPLOY_KEY}:write"
     return f"deploy-test-{name.lower().replace('_', '-')}"
 
 
@@ -709,7 +714,7 @@ def scraped() -> Scrape:
                 GW_UPSTREAM_RETRIES="0", GW_UPSTREAM_TIMEOUT_S="1",
             ) for port in gateway_ports]
             with replicas(*envs) as (a, b):
-                drive(a, b, upstream, key=stand_in("GW_API_KEYS"))
+                drive(a, b, upstream, key=DEPLOY_KEY)
                 return Scrape.of(metrics_text(a), metrics_text(b))
     finally:
         redis.stop()
