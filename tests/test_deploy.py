@@ -1045,9 +1045,12 @@ def test_systemd_analyze_accepts_every_directive(tmp_path: Path) -> None:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without the gateway's variables; the audit trail (the deploy config
+    puts it in /var/lib/catalog-gateway, which this machine need not have) in a temp dir."""
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("GW_", "ABCONNECT_", "ABC_CLIENT"))}
-    return {**base, "PYTHONPATH": str(ROOT), **extra}
+    audit = os.path.join(tempfile.mkdtemp(prefix="gw-audit-"), "audit.log")
+    return {**base, "PYTHONPATH": str(ROOT), "GW_AUDIT_PATH": audit, **extra}
 
 
 def image_cmd(host: str) -> list[str]:
