@@ -12,6 +12,11 @@ Contract (both implementations):
 
 In Redis a revocation is `SET <prefix>revoked:<name> 1 PX <ttl ms>` (the key layout is
 shared with replicas of other versions: do not change it).
+
+The client is built from `cache.redis_url` exactly as the cache tier's is (handed to
+redis-py's `Redis.from_url` as it is): a password or user and password in the URL, and
+`rediss://` for TLS, work alike for both. Nothing here logs the URL; Redis errors are
+logged by their type only.
 """
 
 from __future__ import annotations

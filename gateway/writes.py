@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import keys
-from gateway.cache import Cache, Key, etag_of, etags_in
+from gateway.cache import Cache, Key, etag_of, etags_in, waited
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -79,10 +79,12 @@ class Writes:
     def __init__(
         self, cache: Cache, upstream: UpstreamClient,
         on_override: Callable[[str], None] = lambda outcome: None,
+        *, lock_wait_s: float = 15.0,
     ) -> None:
         self._cache = cache
         self._upstream = upstream
         self._on_override = on_override  # called with each save's outcome, for metrics
+        self._lock_wait_s = lock_wait_s  # limits.lock_wait_s
 
     # --- override saves ----------------------------------------------------------------
 
@@ -173,9 +175,13 @@ class Writes:
     # --- the shared steps ----------------------------------------------------------------
 
     def _lock(self, resource: str, ident: int | None) -> AbstractAsyncContextManager[None]:
+        """The entity's write lock, across replicas, held to the end of the write however
+        long the upstream takes. Waiting for it is bounded by `lock_wait_s`: then
+        LockBusy (503, Retry-After), and nothing was sent upstream."""
         if ident is None:
             return nullcontext()
-        return self._cache.exclusive(f"{resource.lower()}:{ident}")
+        return waited(self._cache.exclusive(f"{resource.lower()}:{ident}"),
+                      self._lock_wait_s, f"{resource} {ident}")
 
     async def _fresh(self, resource: str, ident: int) -> dict[str, Any]:
         """The entity as the upstream holds it now ({} if it does not exist: the write

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import inspect
+import ipaddress
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -67,10 +70,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# For gateway processes whose tests are not about the per-caller rate limit: they send
+# bursts from one address on purpose.
+UNLIMITED = {"GW_LIMITS_REQUESTS_PER_S": "1000000000", "GW_LIMITS_BURST": "1000000000"}
+
+
 def env(**extra: str) -> dict[str, str]:
+    """This environment without the gateway's own variables, plus `extra`; the audit trail
+    in a fresh temporary directory unless `extra` names one."""
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("GW_", "ABCONNECT_", "ABC_CLIENT"))}
-    return {**base, **extra}
+    audit = os.path.join(tempfile.mkdtemp(prefix="gw-audit-"), "audit.log")
+    return {**base, "GW_AUDIT_PATH": audit, **extra}
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -103,7 +114,8 @@ def wait_until_up(url: str, proc: subprocess.Popen, limit_s: float = 20) -> None
 
 @contextmanager
 def running_gateway(**extra_env: str) -> Iterator[str]:
-    """`catalog-gateway serve` on a free loopback port with config.toml and the given env;
+    """`catalog-gateway serve` on a free loopback port with config.toml and the given env
+    (no rate limit unless it sets one);
     yields its base URL once /readyz answers (the upstream token is in hand), stops it
     with SIGTERM afterwards.
 
@@ -115,7 +127,8 @@ def running_gateway(**extra_env: str) -> Iterator[str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(ROOT / "config.toml"),
              "--port", str(port)],
-            env=env(**extra_env), stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
+            env=env(**{**UNLIMITED, **extra_env}), stdout=subprocess.DEVNULL, stderr=log,
+            cwd=ROOT)
         base = f"http://127.0.0.1:{port}"
         try:
             try:
@@ -130,37 +143,96 @@ def running_gateway(**extra_env: str) -> Iterator[str]:
 
 class RedisServer:
     """A real redis-server on a loopback port, no persistence; stop() and start() again
-    on the same port to simulate an outage."""
+    on the same port to simulate an outage.
 
-    def __init__(self) -> None:
+    requirepass: the server asks for this password (the default user's), and `url`
+    carries it (`redis://:<password>@...`). tls: the server speaks only TLS, with a
+    self-signed certificate for 127.0.0.1, and `url` is `rediss://...?ssl_ca_certs=...`
+    trusting it."""
+
+    def __init__(self, requirepass: str | None = None, *, tls: bool = False) -> None:
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.requirepass = requirepass
+        self.tls_dir = Path(tempfile.mkdtemp(prefix="redis-tls-")) if tls else None
+        auth = f":{requirepass}@" if requirepass else ""
+        self.url = f"{'rediss' if tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
+        if self.tls_dir is not None:
+            _self_signed(self.tls_dir)
+            self.url += f"?ssl_ca_certs={self.tls_dir / 'cert.pem'}"
         self.proc: subprocess.Popen | None = None
 
+    def url_with(self, password: str) -> str:
+        """`url` with another password in it."""
+        return self.url.replace(f"://:{self.requirepass}@" if self.requirepass else "://",
+                                f"://:{password}@", 1)
+
     def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no",
-             # DEBUG SLEEP lets a test make this Redis slow (Redis 7 disables it by default).
-             "--enable-debug-command", "local"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        argv = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                # DEBUG SLEEP lets a test make this Redis slow (Redis 7 disables it by
+                # default).
+                "--enable-debug-command", "local"]
+        if self.tls_dir is not None:
+            argv += ["--port", "0", "--tls-port", str(self.port),
+                     "--tls-cert-file", str(self.tls_dir / "cert.pem"),
+                     "--tls-key-file", str(self.tls_dir / "key.pem"),
+                     "--tls-ca-cert-file", str(self.tls_dir / "cert.pem"),
+                     "--tls-auth-clients", "no"]
+        else:
+            argv += ["--port", str(self.port)]
+        if self.requirepass:
+            argv += ["--requirepass", self.requirepass]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
+                # Up when it answers PING, even if only to ask for the password.
+                if self._ping().startswith((b"+PONG", b"-NOAUTH")):
+                    return self
             except OSError:
                 time.sleep(0.05)
         raise AssertionError("redis-server did not start (is it installed? `make test` "
                              "installs it)")
+
+    def _ping(self) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            if self.tls_dir is None:
+                s.sendall(b"PING\r\n")
+                return s.recv(16)
+            context = ssl.create_default_context(cafile=str(self.tls_dir / "cert.pem"))
+            with context.wrap_socket(s, server_hostname="127.0.0.1") as t:
+                t.sendall(b"PING\r\n")
+                return t.recv(16)
 
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
             self.proc = None
+
+
+def _self_signed(directory: Path) -> None:
+    """cert.pem and key.pem in `directory`: a certificate for 127.0.0.1, valid a day."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
 
 
 @contextmanager

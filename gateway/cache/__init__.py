@@ -10,11 +10,12 @@ Modules, one job each:
     lease.py         Redis leases: one holder per name across replicas
     listener.py      the Redis tier's pub/sub listener and up/down state
     redis_layout.py  Redis key names and channel messages every replica must agree on
-    locks.py         per-key locks within one process
+    locks.py         per-key locks within one process; a bounded wait for any lock
 """
 
 from gateway.cache.cache import Cache, CacheObserver, Lookup, Result
-from gateway.cache.redis_tier import RedisTier
+from gateway.cache.locks import LockBusy, waited
+from gateway.cache.redis_tier import RedisRefused, RedisTier, redacted
 from gateway.cache.store import Entry, Key, LruStore, etag_of, etags_in
 from gateway.cache.tier import LocalTier, Tier
 
@@ -24,11 +25,15 @@ __all__ = [
     "Entry",
     "Key",
     "LocalTier",
+    "LockBusy",
     "Lookup",
     "LruStore",
+    "RedisRefused",
     "RedisTier",
     "Result",
     "Tier",
     "etag_of",
     "etags_in",
+    "redacted",
+    "waited",
 ]

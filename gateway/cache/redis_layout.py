@@ -14,6 +14,11 @@ may change without a migration. Under the prefix (one per environment):
         "invkind <sender> <kind>"   every key of the kind was invalidated
         "done <lease name>"         a lease was released: its waiters look again
 
+Anyone who can reach the Redis can publish on the channel or write these keys, so what is
+read back is checked: parse() turns any message it cannot read into MalformedMessage
+(never another exception), and a lease or lock's expiry is never trusted beyond the
+lease length a replica sets itself (lease.py).
+
 (`revoked:<name>` under the same prefix belongs to gateway.revocations.)
 
 A key's text is its kind, "|", then its ident as compact JSON (tuples as arrays).
@@ -38,7 +43,10 @@ def key_from_text(text: str) -> Key:
     kind, bar, ident = text.partition("|")
     if not bar:
         raise ValueError("no '|' between kind and ident")
-    key = (kind, _tuples(json.loads(ident)))
+    try:
+        key = (kind, _tuples(json.loads(ident)))
+    except RecursionError:  # "[[[[..." nested deeper than Python recurses
+        raise ValueError("the ident is nested too deeply") from None
     try:
         hash(key)
     except TypeError as exc:  # a JSON object: no key_text() makes one
@@ -115,19 +123,36 @@ def released(name: str) -> str:
     return f"done {name}"
 
 
-def parse(data: bytes) -> Message | None:
+# Longer than any key text a request can make (a URL is at most a few KiB): not read.
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+def parse(data: object) -> Message | None:
     """The message in `data`; None for a verb this version does not know (a newer
-    replica's: ignored, not an error). Raises MalformedMessage for anything else."""
+    replica's: ignored, not an error). Raises MalformedMessage for anything else: not
+    bytes, too long, not UTF-8, a known verb without its parts, a key that is no key."""
+    if isinstance(data, str):
+        data = data.encode()
+    if not isinstance(data, bytes | bytearray):
+        raise MalformedMessage(f"not bytes but {type(data).__name__}")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MalformedMessage(f"{len(data)} bytes long")
     try:
-        text = data.decode()
+        text = bytes(data).decode()
     except UnicodeDecodeError as exc:
         raise MalformedMessage("not UTF-8") from exc
     verb, _, rest = text.partition(" ")
+    if not verb:
+        raise MalformedMessage("no verb")
     if verb == "done":
+        if not rest:
+            raise MalformedMessage("no lease name")
         return Released(rest)
     if verb not in ("inv", "invkind"):
         return None
     sender, _, what = rest.partition(" ")
+    if not sender or not what:
+        raise MalformedMessage("no sender or no key")
     if verb == "invkind":
         return InvalidatedKind(sender, what)
     try:

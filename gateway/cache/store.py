@@ -7,6 +7,7 @@ so no lock is needed and an entry is never seen half-written.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
@@ -17,9 +18,18 @@ Key = tuple[str, Hashable]
 
 T = TypeVar("T")
 
-# Rough per-entry bookkeeping cost (key, dataclass, dict slot), counted against max_bytes
-# so that many tiny entries cannot exceed the bound either.
+# Rough per-entry bookkeeping cost (dataclass, dict slot), counted against max_bytes so
+# that many tiny entries cannot exceed the bound either. The key is counted on its own
+# (key_size): a list page's key holds its whole query.
 ENTRY_OVERHEAD = 256
+
+
+def key_size(key: Hashable) -> int:
+    """The bytes a key holds in memory: its objects' sizes, nested tuples walked (a list
+    page's key is `(kind, ((name, value), ...))`). Computed once per stored entry."""
+    if isinstance(key, tuple):
+        return sys.getsizeof(key) + sum(key_size(part) for part in key)
+    return sys.getsizeof(key)
 
 
 def etag_of(body: bytes) -> str:
@@ -83,32 +93,38 @@ class LruStore:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.bytes = 0  # sum of entry.size over _entries; updated with every change
-        self._entries: OrderedDict[Key, Entry] = OrderedDict()
+        # Sum of the charges over _entries (entry.size + key_size(key), each computed once
+        # when its entry is stored); updated with every change.
+        self.bytes = 0
+        self._entries: OrderedDict[Key, tuple[Entry, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: Key) -> Entry | None:
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-        return entry
+        slot = self._entries.get(key)
+        if slot is None:
+            return None
+        self._entries.move_to_end(key)
+        return slot[0]
 
     def put(self, key: Key, entry: Entry) -> None:
         self.pop(key)
-        if entry.size > self.max_bytes:
+        charge = entry.size + key_size(key)
+        if charge > self.max_bytes:
             return  # larger than the whole cache: served to its waiters, never stored
-        self._entries[key] = entry
-        self.bytes += entry.size
+        self._entries[key] = (entry, charge)
+        self.bytes += charge
         while self.bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self.bytes -= evicted.size
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self.bytes -= evicted
 
     def pop(self, key: Key) -> Entry | None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self.bytes -= entry.size
+        slot = self._entries.pop(key, None)
+        if slot is None:
+            return None
+        entry, charge = slot
+        self.bytes -= charge
         return entry
 
     def keys(self, kind: str | None = None) -> Iterator[Key]:

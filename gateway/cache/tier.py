@@ -11,8 +11,12 @@ The cache asks its tier four things, and depends on nothing else of it (`Tier`):
   tier while they all ask for the same key.
 - invalidate(key) / invalidate_kind(kind): outdate the key (or every key of the kind) for
   every process sharing the tier. Returns once that is done: no process serves the old
-  value afterwards, unless the tier is degraded (then only this process is sure).
-- exclusive(name): a lock held by one task across everyone sharing the tier.
+  value afterwards, unless the tier is degraded (then only this process is sure; the
+  tier logs it and tells the others once it recovers).
+- exclusive(name): a lock held by one task across everyone sharing the tier, for as long
+  as the task stays inside (however long that is). Entering may wait for the holder;
+  that wait may be cancelled (e.g. by a deadline: locks.waited) and then leaves nothing
+  held.
 
 start(on_invalidate) hands the tier the cache's eviction callback: `on_invalidate(kind,
 key)` drops `key` from L1 (key None: every key of `kind`; kind "*": everything), called
