@@ -9,11 +9,17 @@ and document themselves), and the schemas the gateway's own OpenAPI document reu
 
 How a parameter's schema becomes a declaration:
 - `integer` / `int32`: `params.Int` over the whole int32 range (the range the upstream's
-  model binding accepts), except `PageNumber` and `PageSize`: 1 to `params.MAX_PAGE`;
+  model binding accepts), except `PageNumber`: 1 to `params.MAX_PAGE`, and `PageSize`: 1 to
+  `limits.max_page_size` (documented with its default; the edge checks the configured one);
 - `boolean`: `params.Bool`; `string`: `params.Text` of at most 200 characters;
   `date-time` strings: `params.DateTime` (ISO 8601);
 - `array` of `int32`: `IntList` below, the parameter repeated and/or comma-separated;
 - a path `{id}`: `params.PathId` (1 to 2**31 - 1: no upstream record has another id).
+
+An operation's query parameters are exactly the document's plus the few ABConnect 0.2.1
+itself sends without the document naming them (`SDK_QUERY`); the mirror refuses any other.
+Names are matched in any case, as the upstream's ASP.NET model binding matches them
+(`Operation.query_parameter`), and always sent on in the document's spelling.
 """
 
 from __future__ import annotations
@@ -22,18 +28,38 @@ import copy
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
 
 from gateway import params
+from gateway.config import LimitsConfig
 from gateway.params import Param
 
 SOURCE = "ABConnect/base/Catalog_709_swagger.json"
 JSON = "application/json"
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 PAGING = frozenset({"PageNumber", "PageSize"})
+PAGE_SIZE = "PageSize"
+# The largest PageSize the published document states: `limits.max_page_size` as shipped.
+# A deployment may configure another; the edge checks against the configured value.
+DOCUMENTED_MAX_PAGE_SIZE = LimitsConfig().max_page_size
 MAX_TEXT_PARAM = 200  # characters of a string query parameter
+
+# Query parameters ABConnect 0.2.1 sends that the document does not declare, by operation,
+# as parameter objects in the document's own form. Read from the SDK's list calls
+# (ABConnect/api/catalog/endpoints/): `LotEndpoint.list(customer_catalog_id=...)` adds
+# `CustomerCatalogId` to GET /api/Lot. `SellerEndpoint.list`, `CatalogEndpoint.list` and
+# `LotEndpoint.list` otherwise send only `PageNumber` and `PageSize`, which the document
+# declares (their `**kwargs` pass on whatever the caller names, so those must be the
+# document's own names too).
+SDK_QUERY: dict[tuple[str, str], tuple[dict[str, Any], ...]] = {
+    ("GET", "/api/Lot"): (
+        {"name": "CustomerCatalogId", "in": "query", "schema": {"type": "string"},
+         "description": "Filter; the customer's id of a catalog the lots belong to (sent by "
+                        "ABConnect's `lots.list(customer_catalog_id=...)`)."},
+    ),
+}
 
 # Read once: 70 KB of JSON that never changes while the process runs.
 _DOCUMENT: dict[str, Any] = json.loads(
@@ -77,17 +103,29 @@ class Operation:
     resource: str  # the path's first segment after /api: "Lot", "Bulk"
     summary: str
     operation_id: str | None  # the document's operationId (it gives none today)
-    query: tuple[Param[Any], ...]  # its query parameters, in the document's order
+    query: tuple[Param[Any], ...]  # its query parameters, in the document's order, then
+    # those of SDK_QUERY (which `parameter()` does not know: they are not the document's)
     path_params: tuple[Param[Any], ...]  # `{id}`, when the path has it
     has_body: bool
     request_ref: str | None  # component schema of the JSON request body
     response_ref: str | None  # component schema of the success answer (or of its items)
     response_is_array: bool  # the answer is a JSON array of `response_ref`
     status: int  # the success status: 200, or 204 for a delete
+    # `query` by lower-cased name, built once (see `query_parameter`).
+    _query_by_name: Mapping[str, Param[Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_query_by_name", {p.name.lower(): p for p in self.query})
 
     @property
     def params(self) -> tuple[Param[Any], ...]:
         return (*self.path_params, *self.query)
+
+    def query_parameter(self, name: str) -> Param[Any] | None:
+        """The query parameter called `name` in any case (`pagesize` is `PageSize`, as
+        the upstream's model binding reads it); None when the operation has none."""
+        return self._query_by_name.get(name.lower())
 
     def response_schema(self) -> dict[str, Any] | None:
         """The success answer's JSON Schema as the document gives it; None: no body."""
@@ -130,8 +168,8 @@ def _declaration(spec: Mapping[str, Any]) -> Param[Any]:
     if spec["in"] == "path":
         return params.PathId(name, description=description)
     if name in PAGING:
-        return params.Int(name, description=description or _PAGING_TEXT[name],
-                          lo=1, hi=params.MAX_PAGE)
+        return params.Int(name, description=description or _PAGING_TEXT[name], lo=1,
+                          hi=DOCUMENTED_MAX_PAGE_SIZE if name == PAGE_SIZE else params.MAX_PAGE)
     if kind == "integer":
         return params.Int(name, description=description or "Filter; a whole number.",
                           lo=INT32_MIN, hi=INT32_MAX)
@@ -149,11 +187,16 @@ def _declaration(spec: Mapping[str, Any]) -> Param[Any]:
 
 
 _PAGING_TEXT = {"PageNumber": "Page number, from 1.",
-                "PageSize": "Items per page (the upstream caps it)."}
+                "PageSize": "Items per page, at most `limits.max_page_size` (500 unless "
+                            "configured otherwise)."}
 
 
 def _operation(method: str, path: str, spec: Mapping[str, Any]) -> Operation:
-    declared = [_declaration(p) for p in spec.get("parameters", [])]
+    documented = spec.get("parameters", [])
+    names = {p["name"].lower() for p in documented}
+    extra = [p for p in SDK_QUERY.get((method.upper(), path), ())
+             if p["name"].lower() not in names]  # once the document declares one, its own
+    declared = [_declaration(p) for p in (*documented, *extra)]
     body = spec.get("requestBody")
     request_ref, _ = _ref_name(_json_schema(body.get("content") if body else None))
     status = min(int(code) for code in spec["responses"] if code.startswith("2"))

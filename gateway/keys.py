@@ -22,7 +22,8 @@ def listing_kind(resource: str) -> str:
 
 
 def listing(resource: str, params: Params) -> Key:
-    """GET /api/{resource}?params, the query sorted so equal queries share a key."""
+    """GET /api/{resource}?params, the query sorted so equal queries share a key (the
+    names already in the document's spelling: see `api.check_query`)."""
     return (listing_kind(resource), tuple(sorted(params)))
 
 

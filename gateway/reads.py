@@ -173,7 +173,10 @@ class Reads:
         return await self.resource("Seller", seller_id)
 
     async def listing(self, resource: str, params: Params) -> Lookup:
-        """GET /api/{resource}?params through the cache (key: the sorted query)."""
+        """GET /api/{resource}?params through the cache (key: the sorted query).
+
+        `params` as the edge checked them: the names the upstream's document spells, each
+        scalar once, so one query has one key however its client spelled it."""
         key = keys.listing(resource, tuple(params))
         return await self._cache.get(
             key, lambda: self._upstream.get(f"/api/{resource}", key[1],

@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from gateway.cache import Cache, Result
+from gateway.cache import Cache, Entry, LruStore, Result
 from gateway.cache.locks import KeyedLocks
+from gateway.cache.store import ENTRY_OVERHEAD, key_size
 
 T = TypeVar("T")
 
@@ -180,7 +181,7 @@ async def test_entries_expire_after_ttl() -> None:
 
 
 async def test_store_is_bounded_by_bytes_evicting_least_recently_used() -> None:
-    cache = make_cache(max_bytes=3 * (1000 + 256))
+    cache = make_cache(max_bytes=3 * (1000 + ENTRY_OVERHEAD + key_size(("lot", 0))))
 
     def body_of(n: int):
         async def fetch() -> bytes:
@@ -196,6 +197,35 @@ async def test_store_is_bounded_by_bytes_evicting_least_recently_used() -> None:
     assert len(cache.store) == 3
     assert cache.peek(("lot", 1)) is None
     assert all(cache.peek(("lot", n)) is not None for n in (0, 2, 3))
+
+
+def test_a_keys_bytes_count_against_the_bound_and_evict() -> None:
+    """A list page's key holds its whole query: the store counts it, once, when storing."""
+    query = (("LotNumber", "x" * 4000),)
+
+    def entry() -> Entry:
+        return Entry(b"b" * 100, stored_at=0.0, expires_at=1.0)
+
+    store = LruStore(max_bytes=10_000)
+    store.put(("lot", 1), entry())
+    before = store.bytes
+    store.put(("lot-list", query), entry())
+    assert store.bytes - before >= 4000 + 100 + ENTRY_OVERHEAD
+    # Bodies and overheads alone (356 bytes each) would let 20 such pages fit; with their
+    # keys, two do: the third evicts the least recently used.
+    store.pop(("lot", 1))
+    pages = [("lot-list", (("LotNumber", str(n) + "x" * 4000),)) for n in range(3)]
+    for key in pages:
+        store.put(key, entry())
+    assert store.bytes <= store.max_bytes
+    assert [store.get(k) is not None for k in pages] == [False, True, True]
+    for key in list(store.keys()):
+        store.pop(key)
+    assert store.bytes == 0 and len(store) == 0  # what was counted in is counted out
+    store.put(("lot", 1), entry())
+    store.put(("lot-list", (("LotNumber", "x" * 20_000),)), entry())
+    # A key larger than the whole cache: never stored, and nothing evicted for it.
+    assert list(store.keys()) == [("lot", 1)]
 
 
 async def test_invalidate_kind_drops_every_key_of_that_kind_only() -> None:
