@@ -4,8 +4,11 @@ One middleware decides, and puts a `Caller` on the request (`request[CALLER]`; t
 as `request[CLIENT_NAME]`, which the override log uses as the actor):
 
 - **API keys** (GW_API_KEYS), as `Authorization: Bearer <key>` or `X-API-Key: <key>`,
-  compared in constant time, never logged: caller kind "key", named by the key's name; it
-  writes upstream as the gateway's service account.
+  compared in constant time as bytes (`find_key`, gateway/sessions.py), never logged:
+  caller kind "key", named by the key's name, with the key's scope ("read" unless
+  configured `:write`); it writes upstream as the gateway's service account. A header value
+  that is not valid text (a raw 0xFF byte) matches no key: with keys configured it is a 401
+  like any wrong key, never a 500.
 - **ABConnect access tokens**, with `auth.upstream_tokens = "read"` or `"write"`: a bearer
   that is a JWT (three base64url segments) is verified here, with no upstream call: RS256
   only, signed by a key the identity server publishes (gateway/upstream/signing_keys.py),
@@ -19,11 +22,12 @@ as `request[CLIENT_NAME]`, which the override log uses as the actor):
   bearer that looks like a JWT is verified; a request without one is anonymous.
 
 Health, readiness, metrics and the UI's pages are not /api/*: this middleware leaves them be.
+Every write handler calls `require_write` before it reads the body or calls the upstream:
+a read-scoped caller gets 403 and the upstream sees nothing.
 """
 
 from __future__ import annotations
 
-import hmac
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,8 +36,9 @@ from typing import Any, Literal
 import jwt
 from aiohttp import web
 
-from gateway.config import AuthConfig
+from gateway.config import ApiKey, AuthConfig
 from gateway.errors import Forbidden, Unauthorized, UpstreamUnavailable
+from gateway.sessions import find_key
 from gateway.state import CALLER, CLIENT_NAME, SIGNING_KEYS
 
 ALGORITHMS = ["RS256"]  # the identity server's; never "none", never an HMAC
@@ -59,22 +64,11 @@ class Caller:
 ANONYMOUS = Caller("anonymous", "anonymous", "write")
 
 
-def key_name(keys: Mapping[str, str], presented: str | None) -> str | None:
-    """The name of the key matching `presented`, compared in constant time."""
-    if not presented:
-        return None
-    found = None
-    for name, key in keys.items():
-        if hmac.compare_digest(key.encode(), presented.encode()):
-            found = name
-    return found
-
-
 def looks_like_jwt(value: str | None) -> bool:
     return value is not None and _JWT_SHAPE.fullmatch(value) is not None
 
 
-def caller_middleware(api_keys: Mapping[str, str], auth: AuthConfig) -> Callable:
+def caller_middleware(api_keys: Mapping[str, ApiKey], auth: AuthConfig) -> Callable:
     """The middleware for create_app. With tokens on, it needs app[SIGNING_KEYS] (set by
     the start-up context), whose issuer is the one tokens must carry."""
     tokens_on = auth.upstream_tokens != "off"
@@ -96,25 +90,32 @@ def caller_middleware(api_keys: Mapping[str, str], auth: AuthConfig) -> Callable
 
 
 def require_write(request: web.Request) -> None:
-    """Raise Forbidden (403) unless the request's caller may write."""
+    """Raise Forbidden (403) unless the request's caller may write. Called by every write
+    handler before it reads the body: a refused write never reaches the upstream."""
     caller = request.get(CALLER, ANONYMOUS)
-    if caller.scope != "write":
+    if caller.scope == "write":
+        return
+    if caller.kind == "key":
         raise Forbidden(
-            "this caller may read but not write: the gateway accepts ABConnect tokens for "
-            "reads only (auth.upstream_tokens = \"read\")"
+            f"the API key {caller.name!r} is read-only: it may read but not write (a key "
+            "writes only when GW_API_KEYS gives it ':write')"
         )
+    raise Forbidden(
+        "this caller may read but not write: the gateway accepts ABConnect tokens for "
+        "reads only (auth.upstream_tokens = \"read\")"
+    )
 
 
 async def _identify(
-    request: web.Request, api_keys: Mapping[str, str], auth: AuthConfig, tokens_on: bool,
+    request: web.Request, api_keys: Mapping[str, ApiKey], auth: AuthConfig, tokens_on: bool,
     required: str,
 ) -> Caller:
     bearer = _bearer(request)
     if api_keys:
         for presented in (bearer, request.headers.get("X-API-Key")):
-            name = key_name(api_keys, presented)
-            if name is not None:
-                return Caller("key", name, "write")
+            found = find_key(api_keys, presented)
+            if found is not None:
+                return Caller("key", found[0], found[1].scope)
     if tokens_on and bearer is not None and looks_like_jwt(bearer):
         return await _token_caller(request, bearer, auth)
     if api_keys:

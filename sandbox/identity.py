@@ -12,7 +12,11 @@ a client to verify tokens locally, the way a resource server does:
 * the sandbox's own API accepts a bearer only if it verifies against a published key, has
   not expired and has not been revoked (``revoke_all`` revokes everything issued so far).
 
-Refresh tokens are opaque handles, as IdentityServer's are.
+Refresh tokens are opaque handles, as IdentityServer's are. A refresh token is minted only
+when the scope asked for includes ``offline_access``, as IdentityServer does.
+
+Roles: ``Identity.roles`` maps a username to its roles; a user with roles gets a ``role``
+claim, a string for one role and a list for several (as IdentityServer writes it).
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ class Identity:
         self._live: dict[str, float] = {}  # jti -> exp (epoch seconds) of unrevoked tokens
         self._refresh: dict[str, Grant] = {}
         self._verified: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.roles: dict[str, list[str]] = {}  # username -> roles (the ``role`` claim)
 
     # ------------------------------------------------------------------- keys
 
@@ -152,20 +157,29 @@ class Identity:
         }
         if client_id:
             claims["client_id"] = client_id
+        roles = self.roles.get(username, [])
+        if roles:
+            claims["role"] = roles[0] if len(roles) == 1 else list(roles)
         key = self.current
         access = jwt.encode(claims, key.private_key, algorithm=ALGORITHM,
                             headers={"kid": key.kid, "typ": "at+jwt"})
         self._forget_expired(now)
         self._live[jti] = exp
-        refresh = secrets.token_urlsafe(32)
-        self._refresh[refresh] = Grant(username, client_id or None, scope)
-        return {
+        answer = {
             "access_token": access,
             "expires_in": int(ttl_s) if ttl_s == int(ttl_s) else round(ttl_s, 3),
-            "refresh_token": refresh,
             "token_type": "Bearer",
             "scope": scope,
         }
+        if "offline_access" in scope.split():
+            refresh = secrets.token_urlsafe(32)
+            self._refresh[refresh] = Grant(username, client_id or None, scope)
+            answer["refresh_token"] = refresh
+        return answer
+
+    def refresh_tokens(self) -> int:
+        """How many refresh tokens are outstanding (tests: a sign-in check mints none)."""
+        return len(self._refresh)
 
     def refresh_grant(self, refresh_token: str) -> Grant | None:
         return self._refresh.get(refresh_token)

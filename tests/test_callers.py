@@ -33,13 +33,22 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway import api
 from gateway.auth import Caller, caller_middleware, require_write
-from gateway.config import AuthConfig, Config, ConfigError, load_config, token_issuer
+from gateway.config import (
+    ApiKey,
+    AuthConfig,
+    Config,
+    ConfigError,
+    load_config,
+    parse_api_keys,
+    token_issuer,
+)
 from gateway.state import CALLER, CLIENT_NAME, SIGNING_KEYS
 from gateway.upstream.signing_keys import SigningKeys
 
 from gwtesting import free_port
 
 PROBLEM = "application/problem+json"
+OPS_KEY = "key-ops-0123456789"
 
 
 # --- the identity server stub ------------------------------------------------------------------
@@ -258,23 +267,23 @@ async def test_forged_kids_in_a_burst_cost_at_most_one_refetch(
 async def test_tokens_off_a_jwt_is_just_a_wrong_api_key(
     start_gateway, identity: Identity,
 ) -> None:
-    gw = await start_gateway(api_keys={"ops": "key-ops"},
+    gw = await start_gateway(api_keys=parse_api_keys(f"ops:{OPS_KEY}"),
                              auth={"issuer": identity.issuer})  # upstream_tokens "off"
     path, token = lot_path(gw), identity.token()
     await assert_401(await gw.client.get(path, headers=bearer(token)), token=token,
                      says="API key is required")
     assert identity.hits == {}  # not even a key fetch
     assert SIGNING_KEYS not in gw.app
-    assert (await gw.client.get(path, headers=bearer("key-ops"))).status == 200
-    assert (await gw.client.get(path, headers={"X-API-Key": "key-ops"})).status == 200
+    assert (await gw.client.get(path, headers=bearer(OPS_KEY))).status == 200
+    assert (await gw.client.get(path, headers={"X-API-Key": OPS_KEY})).status == 200
 
 
 async def test_api_keys_work_beside_tokens(start_gateway, identity: Identity) -> None:
-    gw = await start_gateway(api_keys={"ops": "key-ops"},
+    gw = await start_gateway(api_keys=parse_api_keys(f"ops:{OPS_KEY}"),
                              auth={"upstream_tokens": "write", "issuer": identity.issuer})
     path = lot_path(gw)
-    assert (await gw.client.get(path, headers=bearer("key-ops"))).status == 200
-    assert (await gw.client.get(path, headers={"X-API-Key": "key-ops"})).status == 200
+    assert (await gw.client.get(path, headers=bearer(OPS_KEY))).status == 200
+    assert (await gw.client.get(path, headers={"X-API-Key": OPS_KEY})).status == 200
     assert (await gw.client.get(path, headers=bearer(identity.token()))).status == 200
     resp = await gw.client.get(path)
     assert resp.status == 401
@@ -316,7 +325,7 @@ async def whoami(aiohttp_client, identity: Identity) -> AsyncIterator[WhoAmI]:
     calls require_write first."""
     clients = []
 
-    async def make(api_keys: dict[str, str] | None = None, **auth: Any) -> Any:
+    async def make(api_keys: dict[str, ApiKey] | None = None, **auth: Any) -> Any:
         auth_config = AuthConfig(**{"issuer": identity.issuer, **auth})
 
         async def keys(app: web.Application) -> AsyncIterator[None]:
@@ -361,7 +370,7 @@ async def test_a_token_caller_is_named_scoped_and_keeps_its_token(
 
 
 async def test_read_only_tokens_may_not_write(whoami: WhoAmI, identity: Identity) -> None:
-    client = await whoami({"ops": "key-ops"}, upstream_tokens="read")
+    client = await whoami(parse_api_keys(f"ops:{OPS_KEY}:write"), upstream_tokens="read")
     token = identity.token()
     me = await (await client.get("/api/me", headers=bearer(token))).json()
     assert me["scope"] == "read"
@@ -369,7 +378,7 @@ async def test_read_only_tokens_may_not_write(whoami: WhoAmI, identity: Identity
     assert resp.status == 403 and resp.headers["Content-Type"].startswith(PROBLEM)
     assert (await resp.json(content_type=None))["title"] == "Forbidden"
     # An API key writes as the service account: its caller keeps no token.
-    resp = await client.post("/api/me", headers={"X-API-Key": "key-ops"})
+    resp = await client.post("/api/me", headers={"X-API-Key": OPS_KEY})
     assert resp.status == 200
     assert await resp.json() == {"kind": "key", "name": "ops", "scope": "write",
                                  "token": None, "client_name": "ops"}

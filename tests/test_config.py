@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Config, ConfigError, Credentials, _parse_env, load_config
+from gateway.config import ApiKey, Config, ConfigError, Credentials, _parse_env, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,10 +52,12 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, env: dict, names: s
 def test_secrets_come_from_env_and_stay_out_of_repr() -> None:
     config = load_config(None, env={
         "ABCONNECT_USERNAME": "u", "ABCONNECT_PASSWORD": "p",
-        "GW_API_KEYS": "ops:s3cret, k2", "GW_UPSTREAM_MODE": "live",
+        "GW_API_KEYS": "ops:s3cret-0123456789, k2-0123456789abcdef",
+        "GW_UPSTREAM_MODE": "live",
     })
     assert config.credentials.username == "u"
-    assert dict(config.api_keys) == {"ops": "s3cret", "key2": "k2"}
+    assert dict(config.api_keys) == {"ops": ApiKey("s3cret-0123456789"),
+                                     "key2": ApiKey("k2-0123456789abcdef")}
     assert "s3cret" not in repr(config) and "'p'" not in repr(config)
 
 
@@ -118,13 +120,20 @@ def test_bad_env_override_names_the_variable(env: dict, names: str) -> None:
 def test_replace_returns_a_validated_copy() -> None:
     config = Config().replace(sandbox={"latency_ms": 0}, upstream={"max_concurrency": 8})
     assert config.sandbox.latency_ms == 0 and config.sandbox.seed == 1
-    assert config.upstream.max_concurrency == 8 and Config().upstream.max_concurrency == 32
+    assert config.upstream.max_concurrency == 8 and Config().upstream.max_concurrency == 64
     live = config.replace(upstream={"mode": "live"}, credentials=Credentials("u", "p"),
-                          api_keys={"ops": "k"})
-    assert live.credentials.complete and dict(live.api_keys) == {"ops": "k"}
+                          api_keys={"ops": ApiKey("k" * 16)})
+    assert live.credentials.complete and dict(live.api_keys) == {"ops": ApiKey("k" * 16)}
     with pytest.raises(ConfigError, match=r"upstream\.max_concurrency"):
         config.replace(upstream={"max_concurrency": 0})
     with pytest.raises(ConfigError, match="unknown key 'prot'"):
         config.replace(server={"prot": 1})
     with pytest.raises(ConfigError, match="ABCONNECT_USERNAME"):
         config.replace(upstream={"mode": "live"})
+
+
+def test_a_bad_redis_url_is_refused_without_showing_its_password() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, env={"GW_CACHE_REDIS_URL": "http://:sekrit-pass@redis:6379/0"})
+    assert "GW_CACHE_REDIS_URL" in str(refused.value)
+    assert "sekrit-pass" not in str(refused.value)

@@ -97,7 +97,9 @@ async def test_no_stale_read_after_a_save_returns(start_gateway):
     """
     # Jitter makes answers overtake each other, as they do in production; a short TTL keeps
     # the readers' fetches going all the time, so some are always in flight across a write.
-    gw = await start_gateway(latency_ms=100, jitter_ms=70, cache={"ttl_s": 0.05})
+    # The readers are one caller hammering on purpose: no request-rate limit here.
+    gw = await start_gateway(latency_ms=100, jitter_ms=70, cache={"ttl_s": 0.05},
+                             limits={"requests_per_s": 1e6, "burst": 1_000_000})
     catalog_id, lot_id = a_lot(gw, 5)
     page_path = f"/api/v1/catalogs/{catalog_id}/lots?page_size=25"
     saved = 0  # qty of the last save that has returned
@@ -215,12 +217,12 @@ async def test_if_match_guards_against_lost_updates(start_gateway):
 
 
 async def test_each_save_logs_one_line_with_operator_and_changes(start_gateway, caplog):
-    gw = await start_gateway(api_keys=parse_api_keys("ops-desk:s3cret-key"))
+    gw = await start_gateway(api_keys=parse_api_keys("ops-desk:s3cret-key-0123456:write"))
     _, lot_id = a_lot(gw, 6)
     old_qty = (override_of(gw, lot_id) or gw.sandbox.data.lots[lot_id]["initialData"]).get("qty")
     caplog.set_level(logging.INFO, logger="gateway.overrides")
     await save(gw, lot_id, {"qty": 9, "notes": "fragile"},
-               headers={"Authorization": "Bearer s3cret-key"})
+               headers={"Authorization": "Bearer s3cret-key-0123456"})
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.overrides"]
     assert len(lines) == 1
     line = lines[0]
@@ -228,7 +230,7 @@ async def test_each_save_logs_one_line_with_operator_and_changes(start_gateway, 
     assert line["changes"]["qty"][1] == 9 and line["changes"]["notes"][1] == "fragile"
     if "qty" in override_of(gw, lot_id):
         assert line["changes"]["qty"][0] in (None, old_qty)
-    assert "s3cret-key" not in caplog.text
+    assert "s3cret-key-0123456" not in caplog.text
     metrics = await (await gw.client.get("/metrics")).text()
     assert 'gateway_overrides_total{outcome="saved"} 1.0' in metrics
 
@@ -250,5 +252,6 @@ async def test_drop_in_put_passes_through_and_invalidates(start_gateway):
     assert lot["overridenData"] == [{"qty": 11, "forceCrate": True}]
     page = await gw.get_json(f"/api/v1/catalogs/{catalog_id}/lots")
     assert next(x for x in page["items"] if x["id"] == lot_id)["overridenData"][0]["qty"] == 11
-    bad = await gw.client.put(f"/api/Lot/{lot_id}", data=b"nope")
+    bad = await gw.client.put(f"/api/Lot/{lot_id}", data=b"nope",
+                              headers={"Content-Type": "application/json"})
     assert bad.status == 400

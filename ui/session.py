@@ -5,26 +5,34 @@ or not: it anchors the CSRF token that must accompany every UI write (header X-C
 or form field csrf_token). With API keys configured (GW_API_KEYS), every UI page needs a
 signed-in session; without keys the UI is open and writes are logged as "anonymous".
 
-Sign-in checks an ABConnect username and password against the identity endpoint, or an API
-key against GW_API_KEYS; it always starts a fresh session id, so a session id known before
-sign-in is worthless after it. Sign-out revokes the session id on every replica. Cookies,
-CSRF tokens and revocation themselves are gateway/sessions.py's.
+Sign-in checks an ABConnect username and password against the identity endpoint (operators
+only: see gateway/sessions.py SignInRules), or an API key against GW_API_KEYS (the session
+then has the key's scope: a read key gives a read-only UI); it always starts a fresh session
+id, so a session id known before sign-in is worthless after it. Too many failed tries for a
+username or from an address get 429 with Retry-After and no identity call
+(gateway/throttle.py). Sign-out revokes the session id on every replica. Every sign-in try
+and every sign-out leaves an audit line (never a password or a key; a refused username
+that could be a pasted key is shortened). Cookies, CSRF tokens, the sign-in rules and
+revocation themselves are gateway/sessions.py's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from urllib.parse import quote, urlsplit
 
 import aiohttp_jinja2
 from aiohttp import web
 
-from gateway.auth import key_name
+from gateway.access import audit
 from gateway.errors import Forbidden, GatewayError, Unauthorized
+from gateway.policy import client_address, is_https
 from gateway.routes import Handler
-from gateway.sessions import MAX_AGE_S, Session
+from gateway.sessions import MAX_AGE_S, Session, SignIn
 from gateway.state import CONFIG, SESSION, SESSIONS
+from gateway.throttle import Throttled
 
 log = logging.getLogger("ui.session")
 
@@ -36,6 +44,13 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 def current(request: web.Request) -> Session:
     return request[SESSION]
+
+
+def require_write(session: Session) -> None:
+    """Forbidden (403) for a read-only session (signed in with a read API key)."""
+    if session.read_only:
+        raise Forbidden(f"signed in with the read-only API key {session.actor!r}: this "
+                        "session may look but not save")
 
 
 def sign_in_required(request: web.Request) -> bool:
@@ -87,7 +102,7 @@ def _to_sign_in(request: web.Request) -> web.Response:
 def set_cookie(request: web.Request, response: web.StreamResponse, value: str) -> None:
     response.set_cookie(
         COOKIE, value, max_age=MAX_AGE_S, path="/", httponly=True, samesite="Strict",
-        secure=request.secure,
+        secure=is_https(request),
     )
 
 
@@ -115,40 +130,92 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     username, password = str(form.get("username", "")).strip(), str(form.get("password", ""))
     api_key, next_ = str(form.get("api_key", "")).strip(), safe_next(str(form.get("next", "")))
+    how = "password" if username else "key"
+    page = {"next_": next_, "username": username}
     try:
-        operator = await _operator(request, username, password, api_key)
+        result = await _check(request, username, password, api_key)
+    except Throttled as exc:
+        await _audit_sign_in(request, "throttled", how, shown_username(request, username))
+        wait = max(1, math.ceil(exc.retry_after or 1))
+        response = render_sign_in(request, **page, status=429, error=(
+            "Too many failed sign-ins for this username or from this address. Try again in "
+            f"{math.ceil(wait / 60)} minute{'s' if wait > 60 else ''}."))
+        response.headers["Retry-After"] = str(wait)
+        return response
     except GatewayError as exc:
-        return render_sign_in(request, next_=next_, username=username, status=exc.status,
+        await _audit_sign_in(request, "error", how, shown_username(request, username))
+        return render_sign_in(request, **page, status=exc.status,
                               error=f"Could not check the sign-in: {exc.detail}")
-    if operator is None:
-        log.info(json.dumps({"event": "ui_sign_in", "outcome": "refused", "username": username}))
-        error = ("That API key is not valid." if api_key and not username else
-                 "Wrong username or password." if username else
-                 "Enter your ABConnect username and password, or an API key.")
-        return render_sign_in(request, next_=next_, username=username, status=401, error=error)
+    if result is None or result.outcome != "ok":
+        return await _refused(request, result, page)
     await request.app[SESSIONS].revoke(current(request))
-    _, cookie = request.app[SESSIONS].cookies.issue(operator)
-    log.info(json.dumps({"event": "ui_sign_in", "outcome": "ok", "operator": operator}))
+    _, cookie = request.app[SESSIONS].cookies.issue(
+        result.operator, scope=result.scope, auth=result.auth)
+    await _audit_sign_in(request, "ok", result.auth, result.operator or "")
     response = web.Response(status=303, headers={"Location": next_})
     set_cookie(request, response, cookie)
     return response
 
 
-async def _operator(
+async def _check(
     request: web.Request, username: str, password: str, api_key: str
-) -> str | None:
+) -> SignIn | None:
+    """The sign-in the form asks for, checked; None when it asks for none."""
+    sessions, address = request.app[SESSIONS], client_address(request)
     if username and password:
-        if len(username) > 200 or len(password) > 1000:
-            return None
-        ok = await request.app[SESSIONS].password_ok(username, password)
-        return username if ok else None
+        return await sessions.password_sign_in(username, password, address)
     if api_key and not username:
-        return key_name(request.app[CONFIG].api_keys, api_key)
+        return sessions.key_sign_in(api_key, address)
     return None
 
 
+REFUSALS = {  # outcome -> (status, message)
+    "refused": (401, "Wrong username or password."),
+    "not_operator": (403, "This ABConnect account is not an operator of this gateway, so it "
+                          "cannot sign in here. Ask for it to be added, or use an API key."),
+    "off": (403, "Password sign-in is off on this gateway: sign in with an API key."),
+}
+
+
+async def _refused(
+    request: web.Request, result: SignIn | None, page: dict[str, str]
+) -> web.Response:
+    if result is None:
+        return render_sign_in(request, **page, status=401,
+                              error="Enter your ABConnect username and password, or an API key.")
+    if result.auth == "key":
+        status, error, who = 401, "That API key is not valid.", "unknown key"
+    else:
+        status, error = REFUSALS[result.outcome]
+        who = result.operator or shown_username(request, page["username"])
+    await _audit_sign_in(request, result.outcome, result.auth, who)
+    return render_sign_in(request, **page, status=status, error=error)
+
+
+async def _audit_sign_in(request: web.Request, outcome: str, how: str, who: str) -> None:
+    """The audit line and the log line of one sign-in try (no password, no key)."""
+    address = client_address(request)
+    await audit(request, "sign_in", outcome=outcome, caller=who or "unknown", auth=how,
+                address=address)
+    log.info(json.dumps({"event": "ui_sign_in", "outcome": outcome, "operator": who,
+                         "auth": how, "address": address}))
+
+
+def shown_username(request: web.Request, username: str) -> str:
+    """`username` as logs may show it: a configured operator as typed; anything else that
+    could be a key pasted into the wrong field (16 characters or more, no spaces) cut to its
+    first four characters; at most 64 characters either way."""
+    if request.app[SESSIONS].rules.is_operator(username):
+        return username[:64]
+    if len(username) >= 16 and not any(c.isspace() for c in username):
+        return f"{username[:4]}… ({len(username)} characters)"
+    return username[:64]
+
+
 async def sign_out(request: web.Request) -> web.StreamResponse:
-    await request.app[SESSIONS].revoke(current(request))
+    session = current(request)
+    await request.app[SESSIONS].revoke(session)
+    await audit(request, "sign_out", outcome="ok", caller=session.actor, auth=session.auth)
     response = web.Response(status=303, headers={
         "Location": "/sign-in" if sign_in_required(request) else "/"})
     response.del_cookie(COOKIE, path="/")
@@ -158,15 +225,18 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
 def render_sign_in(
     request: web.Request, *, next_: str, username: str = "", error: str = "", status: int = 200
 ) -> web.Response:
-    context = {**page_context(request), "next": next_, "username": username, "error": error}
+    context = {**page_context(request), "next": next_, "username": username, "error": error,
+               "passwords_on": request.app[SESSIONS].rules.passwords_on}
     return aiohttp_jinja2.render_template("sign_in.html", request, context, status=status)
 
 
 def page_context(request: web.Request) -> dict[str, object]:
-    """What every page needs: who is signed in and the CSRF token for writes."""
+    """What every page needs: who is signed in, whether they may save, and the CSRF token
+    for writes."""
     session = request.get(SESSION)
     return {
         "operator": session.operator if session else None,
+        "read_only": session.read_only if session else False,
         "csrf": request.app[SESSIONS].cookies.csrf_token(session) if session else "",
         "sign_in_required": sign_in_required(request),
     }

@@ -21,12 +21,13 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from gateway import params
+from gateway.access import audit
 from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.reads import MAX_PAGE_SIZE, Reads
 from gateway.routes import Handler, other_methods
 from gateway.state import READS, WRITES
 from ui.lots import TABLE_FIELDS, LotsView, LotView, form_changes
-from ui.session import current, page_context
+from ui.session import current, page_context, require_write
 
 log = logging.getLogger(__name__)
 
@@ -222,18 +223,35 @@ async def lot_dialog(request: web.Request) -> web.Response:
 
 
 async def save_field(request: web.Request) -> web.Response:
-    """POST /ui/lots/{id}/override with one field: the saved field, re-rendered."""
+    """POST /ui/lots/{id}/override with one field: the saved field, re-rendered. A read-only
+    session gets 403 and nothing is written; every save, refused or not, is audited."""
     lot_id = LOT_ID.read(request.match_info)
+    session, changes = current(request), {}
     try:
+        require_write(session)
         name, changes = form_changes(await request.post())
-        saved = await request.app[WRITES].save_override(
-            lot_id, changes, actor=current(request).actor
-        )
+        saved = await request.app[WRITES].save_override(lot_id, changes, actor=session.actor)
     except GatewayError as exc:
+        await audit_save(request, lot_id, SAVE_OUTCOMES.get(exc.status, "upstream_error"),
+                         requested=changes)
         return refusal(exc)
+    await audit_save(request, lot_id, "ok" if saved.changes else "unchanged",
+                     changes={c.field: [c.old, c.new] for c in saved.changes})
     lot = LotView.from_body(saved.body)
     template = "_field_cell.html" if name in TABLE_FIELDS else "_field_text.html"
     return render(request, template, {"lot": lot, "field": lot.fields[name], "saved": True})
+
+
+# A refused save's audit outcome, by status; anything else is the upstream's failure.
+SAVE_OUTCOMES = {400: "rejected", 403: "forbidden", 404: "not_found", 412: "conflict",
+                 413: "rejected", 422: "rejected"}
+
+
+async def audit_save(request: web.Request, lot_id: int, outcome: str, **details: Any) -> None:
+    """The audit line of one UI override save, as its session's operator."""
+    session = current(request)
+    await audit(request, "override", targets=[lot_id], outcome=outcome, caller=session.actor,
+                auth=session.auth, **details)
 
 
 async def no_such_page(request: web.Request) -> web.Response:

@@ -4,6 +4,10 @@ However many requests need a token at the same moment, one identity call is made
 all await the same task. A 401 from the API reports the refused token through
 `invalidate(token)`; only the first report for a given token drops it, so a burst of 401s
 from one fan-out costs one re-authentication, not one per request.
+
+`check_password` is the operator sign-in check: one password grant for someone else's
+credentials, asking for the configured scope without `offline_access` (no refresh token is
+minted for a sign-in), whose token is read for its claims and then dropped.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+import jwt
 
 from gateway.errors import UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 
@@ -37,7 +43,36 @@ class Credentials:
 
 
 class IdentityRejected(UpstreamFailed):
-    """The identity endpoint refused the credentials (400 invalid_grant / 401)."""
+    """The identity endpoint refused the request (400 / 401); `error` is its OAuth error
+    code ("invalid_grant": wrong credentials; "invalid_scope", "invalid_client", ...: the
+    request itself), "" when it gave none."""
+
+    def __init__(self, detail: str, error: str = "") -> None:
+        super().__init__(detail)
+        self.error = error
+
+
+# OAuth errors that say the gateway's request is wrong, not the operator's password.
+_MISCONFIGURED = frozenset({"invalid_scope", "invalid_client", "unauthorized_client",
+                            "unsupported_grant_type"})
+OFFLINE_ACCESS = "offline_access"
+
+
+def sign_in_scope(scope: str) -> str:
+    """The scope an operator's password check asks for: `scope` without offline_access (so
+    no refresh token is minted), or "openid" when nothing else is left."""
+    words = [w for w in scope.split() if w != OFFLINE_ACCESS]
+    return " ".join(words) or "openid"
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT access token, its signature unchecked: only for a token the
+    gateway just received from the identity endpoint itself (an opaque token: {})."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 def identity_form(grant: dict[str, str], creds: Credentials, scope: str) -> dict[str, str]:
@@ -101,17 +136,29 @@ class TokenProvider:
             self._pending.add_done_callback(_clear_pending(self))
         return await asyncio.shield(self._pending)
 
-    async def check_password(self, username: str, password: str) -> bool:
-        """True if the identity endpoint grants a token for these credentials (an
-        operator signing in); False if it refuses them; Upstream* errors if unreachable."""
+    async def check_password(self, username: str, password: str) -> dict[str, Any] | None:
+        """An operator signing in: the claims of the access token the identity endpoint
+        grants for these credentials ({} if the token is opaque), or None if it refuses
+        them. Asks for `sign_in_scope` (never offline_access). The token is not kept.
+
+        Raises UpstreamFailed when the endpoint refuses the request itself (its scope or
+        client: a configuration error, not a wrong password), Upstream* when unreachable.
+        """
         creds = Credentials(
             username, password, self._creds.client_id, self._creds.client_secret
         )
+        scope = sign_in_scope(self._scope)
         try:
-            await password_grant(self._session, self._url, creds, self._timeout_s, self._scope)
-        except IdentityRejected:
-            return False
-        return True
+            data = await password_grant(self._session, self._url, creds, self._timeout_s, scope)
+        except IdentityRejected as exc:
+            if exc.error in _MISCONFIGURED:
+                raise UpstreamFailed(
+                    f"the identity endpoint refused the sign-in request ({exc.error}, scope "
+                    f"{scope!r}); see upstream.scope and ABC_CLIENT_ID"
+                ) from None
+            return None
+        token = data.get("access_token") if isinstance(data, dict) else None
+        return unverified_claims(token) if isinstance(token, str) else {}
 
     def invalidate(self, token: str) -> None:
         """The API refused `token`: stop using it (no-op if it was already replaced).
@@ -172,7 +219,8 @@ async def _token_call(
         ) as resp:
             on_call(str(resp.status))
             if resp.status in (400, 401):
-                raise IdentityRejected("identity endpoint refused the credentials")
+                raise IdentityRejected("identity endpoint refused the credentials",
+                                       await _error_code(resp))
             if resp.status == 503:
                 raise UpstreamUnavailable("identity endpoint unavailable")
             if resp.status != 200:
@@ -188,3 +236,11 @@ async def _token_call(
         raise UpstreamFailed("identity endpoint answered something that is not JSON") from None
 
 
+async def _error_code(resp: aiohttp.ClientResponse) -> str:
+    """The OAuth `error` of a refusal, or "" (no JSON, no code)."""
+    try:
+        body = await resp.json(content_type=None)
+    except (ValueError, aiohttp.ClientError):
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    return error[:64] if isinstance(error, str) else ""

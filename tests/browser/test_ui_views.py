@@ -11,13 +11,16 @@ import re
 
 import pytest
 
+from gateway.config import parse_api_keys
 from gateway.sessions import Cookies
 from sandbox import HTML_LOT_ID, HTML_SNIPPET
 from ui.session import COOKIE
 
 HTML = "text/html"
 BIG_EVENT, SELLER = 1001, 101  # seller 101's first upcoming event has 150 lots
-KEYS = {"ops": "ops-key-0123456789"}
+KEY = "ops-key-0123456789"
+KEYS = parse_api_keys(f"ops:{KEY}:write")
+OPERATORS = {"operators": ("alice", "bob")}
 
 
 def rows(html: str) -> list[int]:
@@ -298,7 +301,7 @@ async def sign_in(client, **form: str):
 
 
 async def test_sign_in_with_a_password_checked_upstream(start_gateway, caplog):
-    gw = await start_gateway(api_keys=KEYS)
+    gw = await start_gateway(api_keys=KEYS, auth=OPERATORS)
     refused = await sign_in(gw.client, username="alice", password="wrong", next="/")
     assert refused.status == 401
     assert re.search(r'id="sign-in-error"[^>]*>Wrong username or password', await refused.text())
@@ -325,7 +328,7 @@ async def test_sign_in_without_the_csrf_token_is_refused(start_gateway):
 async def test_sign_in_with_an_api_key_and_sign_out_ends_the_session(start_gateway):
     gw = await start_gateway(api_keys=KEYS)
     assert (await sign_in(gw.client, api_key="not-a-key")).status == 401
-    resp = await sign_in(gw.client, api_key=KEYS["ops"], next="/")
+    resp = await sign_in(gw.client, api_key=KEY, next="/")
     assert resp.status == 303
     cookie = resp.cookies[COOKIE].value
     html, token = await open_page(gw.client)
@@ -339,7 +342,7 @@ async def test_sign_in_with_an_api_key_and_sign_out_ends_the_session(start_gatew
 
 
 async def test_next_after_sign_in_stays_on_this_site(start_gateway):
-    gw = await start_gateway(api_keys=KEYS)
+    gw = await start_gateway(api_keys=KEYS, auth=OPERATORS)
     for target in ("https://evil.example/", "//evil.example/", "/\\evil.example"):
         resp = await sign_in(gw.client, username="bob", password="bob-demo", next=target)
         assert resp.status == 303 and resp.headers["Location"] == "/"
@@ -365,7 +368,7 @@ async def test_with_a_session_secret_another_gateway_accepts_the_session(start_g
     one = await start_gateway(api_keys=KEYS, session_secret=shared)
     two = await start_gateway(api_keys=KEYS, session_secret=shared)
     other = await start_gateway(api_keys=KEYS, session_secret="another-secret-" + "x" * 32)
-    cookie = (await sign_in(one.client, api_key=KEYS["ops"], next="/")).cookies[COOKIE].value
+    cookie = (await sign_in(one.client, api_key=KEY, next="/")).cookies[COOKIE].value
     resp = await two.client.get("/", headers={"Cookie": f"{COOKIE}={cookie}"},
                                 allow_redirects=False)
     assert resp.status == 200 and "Signed in as <strong>ops</strong>" in await resp.text()
@@ -381,6 +384,6 @@ async def test_forged_or_garbled_cookies_and_tokens_are_refused_not_errors(start
                                    allow_redirects=False)
         assert resp.status == 303
     await gw.client.get("/sign-in")
-    resp = await gw.client.post("/sign-in", data={"api_key": KEYS["ops"]},
+    resp = await gw.client.post("/sign-in", data={"api_key": KEY},
                                 headers={"X-CSRF-Token": "é"}, allow_redirects=False)
     assert resp.status == 403
