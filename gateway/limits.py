@@ -1,17 +1,128 @@
-"""Fair limits per caller (to be filled in)."""
+"""Fair limits per caller: a token bucket of requests each, and whom upstream calls are
+charged to.
+
+A caller is an API key (by its name), a caller's own ABConnect token (by its user), or,
+for anonymous /api/* requests and for the UI's routes (which carry no `Caller`), the client
+address as `gateway.policy.client_address` sees it. Each has a bucket of `limits.burst`
+requests, refilled at `limits.requests_per_s`; a request that finds its bucket empty is
+refused with 429 and a `Retry-After` of the seconds until the next request would be let
+through, and counted in `gateway_rate_limited_total{caller_kind}`. Health, readiness,
+metrics, the OpenAPI document and static files are never limited.
+
+The middleware also sets `CHARGED_TO` (gateway/context.py) for the rest of the request, so
+its upstream calls take that caller's share of the upstream slots
+(gateway/upstream/fair.py).
+
+This runs on every request, the warm ones included: one dict lookup and a little
+arithmetic, no lock, no task. Memory is bounded: a bucket left alone long enough to be full
+again is the same as no bucket, so it is dropped (at most once per refill period, and only
+when a new caller arrives), and there are never more than `MAX_CALLERS` buckets.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 from aiohttp import web
 
 from gateway.config import LimitsConfig
+from gateway.context import CHARGED_TO
+from gateway.errors import TooManyRequests
+from gateway.policy import client_address
+from gateway.state import CALLER, METRICS
+
+# Never limited: probes, scrapes, the API's own description and the UI's assets.
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+EXEMPT_PREFIX = "/static/"
+
+# More callers than this at once (each seen within one refill period): the longest-known
+# buckets are dropped, which only ever lets their callers through sooner, never later.
+MAX_CALLERS = 100_000
+
+
+class Buckets:
+    """A token bucket per caller: `burst` tokens to start with, `rate` more per second,
+    never more than `burst`; each request takes one."""
+
+    def __init__(
+        self, rate: float, burst: int, *, max_callers: int = MAX_CALLERS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._refill_s = burst / rate  # an idle bucket is full again after this long
+        self._max_callers = max_callers
+        self._clock = clock
+        # caller -> [tokens left, when they were counted]; in order of first appearance.
+        self._buckets: dict[str, list[float]] = {}
+        self._next_sweep = 0.0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, caller: str) -> float:
+        """Take one token for `caller`: 0.0 when there was one, else the seconds until
+        there will be (and nothing is taken)."""
+        now = self._clock()
+        bucket = self._buckets.get(caller)
+        if bucket is None:
+            if now >= self._next_sweep or len(self._buckets) >= self._max_callers:
+                self._sweep(now)
+            self._buckets[caller] = [self._burst - 1.0, now]
+            return 0.0
+        tokens = bucket[0] + (now - bucket[1]) * self._rate
+        if tokens > self._burst:
+            tokens = self._burst
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return 0.0
+        bucket[0] = tokens
+        return (1.0 - tokens) / self._rate
+
+    def _sweep(self, now: float) -> None:
+        """Drop every bucket that is full again; then, if still too many, the oldest."""
+        rate, burst = self._rate, self._burst
+        full = [caller for caller, (tokens, then) in self._buckets.items()
+                if tokens + (now - then) * rate >= burst]
+        for caller in full:
+            del self._buckets[caller]
+        excess = len(self._buckets) - self._max_callers + 1
+        if excess > 0:
+            for caller in list(islice(self._buckets, excess)):
+                del self._buckets[caller]
+        self._next_sweep = now + self._refill_s
 
 
 def rate_middleware(limits: LimitsConfig) -> Any:
+    """The middleware for create_app, after the caller middleware (it reads `Caller`)."""
+    buckets = Buckets(limits.requests_per_s, limits.burst)
+    allowance = (f"at most {limits.burst} requests at once and {limits.requests_per_s:g} "
+                 "per second after that")
+
     @web.middleware
     async def rate(request: web.Request, handler: Any) -> web.StreamResponse:
-        return await handler(request)
+        path = request.path
+        if path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIX):
+            return await handler(request)
+        caller = request.get(CALLER)
+        if caller is None or caller.kind == "anonymous":
+            kind, name = "address", client_address(request)
+        else:
+            kind, name = caller.kind, caller.name
+        charged = f"{kind}:{name}"
+        wait_s = buckets.take(charged)
+        if wait_s:
+            request.app[METRICS].rate_limited.labels(kind).inc()
+            raise TooManyRequests(f"too many requests from this caller: {allowance}",
+                                  retry_after=wait_s)
+        token = CHARGED_TO.set(charged)
+        try:
+            return await handler(request)
+        finally:
+            CHARGED_TO.reset(token)
 
     return rate

@@ -64,6 +64,15 @@ class Metrics(CacheObserver, UpstreamObserver):
             "gateway_http_request_seconds", "Time to serve a request.", ["route"],
             buckets=_LATENCY_BUCKETS, registry=r,
         )
+        # By kind of caller only (key, token, address): a label per caller name or address
+        # would grow without bound.
+        self.rate_limited = Counter(
+            "gateway_rate_limited", "Requests refused with 429 because their caller had "
+            "used up its requests (limits.requests_per_s, limits.burst), by kind of caller.",
+            ["caller_kind"], registry=r,
+        )
+        for kind in ("key", "token", "address"):  # every series exported from the start
+            self.rate_limited.labels(kind)
 
     def watch_cache(self, cache: Cache) -> None:
         self.cache_entries.set_function(lambda: len(cache.store))

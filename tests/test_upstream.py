@@ -1,11 +1,14 @@
-"""The upstream client: one token for many callers, one re-auth on 401, retries."""
+"""The upstream client: one token for many callers, one re-auth on 401, retries, and a share
+of the slots per caller."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from gateway.state import TOKENS
+from gateway.config import parse_api_keys
+from gateway.context import CHARGED_TO
+from gateway.state import READS, TOKENS
 
 from gwtesting import eventually
 
@@ -78,3 +81,50 @@ async def test_transient_errors_are_retried(start_gateway):
     ok = sum(r.status == 200 for r in responses)
     assert ok >= 29  # each fails only if 6 tries in a row fail: p = 0.3**6 < 0.001
     assert gw.calls("GET /api/Lot/{id}") > 30
+
+
+KEYS = parse_api_keys("a:a-key-of-twenty-chars:write")
+
+
+async def test_waiting_for_ones_own_share_counts_against_the_queue_timeout(start_gateway):
+    # One slot of two per caller: A's second lot must wait for A's first, longer than the
+    # queue timeout, though a global slot stays free the whole time.
+    gw = await start_gateway(
+        latency_ms=1000, api_keys=KEYS, limits={"upstream_share": 0.5},
+        upstream={"max_concurrency": 2, "queue_timeout_s": 0.3, "retries": 0},
+    )
+    x, y = list(gw.sandbox.data.lots)[:2]
+    headers = {"X-API-Key": "a-key-of-twenty-chars"}
+    first, second = await asyncio.gather(
+        gw.client.get(f"/api/Lot/{x}", headers=headers),
+        gw.client.get(f"/api/Lot/{y}", headers=headers),
+    )
+    statuses = sorted([first.status, second.status])
+    assert statuses == [200, 503]
+    busy = first if first.status == 503 else second
+    assert busy.headers["Retry-After"] == "1"
+    assert "share" in (await busy.json())["detail"]
+    assert gw.sandbox.max_inflight == 1 and gw.calls("GET /api/Lot/{id}") == 1
+    # The caller's queue is gone with its last call: nothing kept per caller once idle.
+    assert len(gw.app[READS]._upstream.shares) == 0
+
+
+async def test_the_gateways_own_calls_take_global_slots_only(start_gateway):
+    # Calls charged to no caller (the gateway's own work) are not held to a caller's share.
+    gw = await start_gateway(latency_ms=200, limits={"upstream_share": 0.25},
+                             upstream={"max_concurrency": 4})
+    client = gw.app[READS]._upstream
+    assert CHARGED_TO.get() is None
+    lot_ids = list(gw.sandbox.data.lots)[:8]
+    await asyncio.gather(*(client.get(f"/api/Lot/{i}", endpoint="/api/Lot/{id}")
+                           for i in lot_ids))
+    assert gw.sandbox.max_inflight == 4
+    # The same calls charged to one caller: one slot of four at a time.
+    gw.sandbox.reset_stats()
+    charged = CHARGED_TO.set("key:a")
+    try:
+        await asyncio.gather(*(client.get(f"/api/Lot/{i}", endpoint="/api/Lot/{id}")
+                               for i in lot_ids[:3]))
+    finally:
+        CHARGED_TO.reset(charged)
+    assert gw.sandbox.max_inflight == 1

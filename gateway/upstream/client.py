@@ -1,9 +1,10 @@
 """The only code that speaks to the ABConnect Catalog API.
 
 One pooled aiohttp session; a global cap on requests in flight, with a bounded wait for a
-slot; a circuit breaker; a bearer token from the TokenProvider (one re-auth and one retry
-on a 401); a timeout per attempt; retries with jittered exponential backoff on connection
-errors, timeouts and 502/503/504.
+slot, of which one caller's calls may hold only a share (upstream/fair.py); a circuit
+breaker; a bearer token from the TokenProvider (one re-auth and one retry on a 401); a
+timeout per attempt; retries with jittered exponential backoff on connection errors,
+timeouts and 502/503/504.
 
 Answers come back as body bytes: the gateway relays upstream JSON, it does not re-model it.
 Failures come back as the GatewayError the client of the gateway should see.
@@ -12,6 +13,7 @@ Failures come back as the GatewayError the client of the gateway should see.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from gateway.context import CHARGED_TO, REQUEST_ID
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -28,6 +31,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.upstream.breaker import CircuitBreaker
+from gateway.upstream.fair import FairShares
 from gateway.upstream.identity import TokenProvider
 
 Params = Sequence[tuple[str, str]]
@@ -76,6 +80,7 @@ class UpstreamClient:
         retries: int,
         queue_timeout_s: float,
         breaker: CircuitBreaker,
+        upstream_share: float = 1.0,
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
@@ -89,6 +94,11 @@ class UpstreamClient:
         # Held for the duration of one HTTP attempt (not during backoff or token calls):
         # the number of requests the upstream sees at once never exceeds max_concurrency.
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._max_concurrency = max_concurrency
+        # One caller's calls (CHARGED_TO) hold at most ceil(upstream_share * max_concurrency)
+        # of those slots at once; None when that is all of them.
+        per_caller = max(1, math.ceil(upstream_share * max_concurrency - 1e-9))
+        self.shares = FairShares(per_caller) if per_caller < max_concurrency else None
 
     async def get(self, path: str, params: Params = (), *, endpoint: str) -> bytes:
         """GET `path`; the 200 body. `endpoint` is the path template, for metrics."""
@@ -151,20 +161,15 @@ class UpstreamClient:
         token: str,
     ) -> Answer:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        if (request_id := REQUEST_ID.get()) is not None:  # the request this call serves
+            headers["X-Request-ID"] = request_id
         if body is not None:
             headers["Content-Type"] = "application/json"
-        try:
-            async with asyncio.timeout(self._queue_timeout_s):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise UpstreamBusy(
-                f"more requests are waiting for the upstream than it can take; waited "
-                f"{self._queue_timeout_s:g} s", retry_after=1.0,
-            ) from None
+        charged = await self._take_slot()
         try:
             self.breaker.before_call()
         except GatewayError:
-            self._slots.release()
+            self._give_back(charged)
             raise
         self._observer.sent()
         start = time.perf_counter()
@@ -184,8 +189,45 @@ class UpstreamClient:
             raise
         finally:
             self.breaker.record(failed)
-            self._slots.release()
+            self._give_back(charged)
             self._observer.answered(endpoint, status, time.perf_counter() - start)
+
+    async def _take_slot(self) -> str | None:
+        """A global slot; before it, for a call charged to a caller (CHARGED_TO), a slot of
+        that caller's share, so a caller over its share waits in its own queue, not in the
+        global one ahead of others. Both waits together last at most queue_timeout_s.
+        Returns the caller whose share is now held: None for the gateway's own work (no
+        one charged), which takes a global slot only."""
+        shares = self.shares
+        charged = CHARGED_TO.get() if shares is not None else None
+        shared = False
+        try:
+            async with asyncio.timeout(self._queue_timeout_s):
+                if shares is not None and charged is not None:
+                    await shares.acquire(charged)
+                    shared = True
+                await self._slots.acquire()
+        except BaseException as exc:
+            if shares is not None and charged is not None and shared:
+                shares.release(charged)
+            if not isinstance(exc, TimeoutError):
+                raise
+            if shares is not None and charged is not None and not shared:
+                raise UpstreamBusy(
+                    f"this caller already has its share of the upstream in flight "
+                    f"({shares.per_caller} of {self._max_concurrency} requests) and more "
+                    f"waiting; waited {self._queue_timeout_s:g} s", retry_after=1.0,
+                ) from None
+            raise UpstreamBusy(
+                f"more requests are waiting for the upstream than it can take; waited "
+                f"{self._queue_timeout_s:g} s", retry_after=1.0,
+            ) from None
+        return charged
+
+    def _give_back(self, charged: str | None) -> None:
+        self._slots.release()
+        if self.shares is not None and charged is not None:
+            self.shares.release(charged)
 
 
 def expect_ok(answer: Answer, endpoint: str) -> bytes:
@@ -196,7 +238,7 @@ def expect_ok(answer: Answer, endpoint: str) -> bytes:
     if status == 404:
         raise NotFound(f"upstream has no such resource ({endpoint})")
     if status == 400:
-        raise BadRequest(f"upstream refused the request: {data[:300].decode(errors='replace')}")
+        raise BadRequest(f"upstream refused the request as malformed ({endpoint})")
     if status == 401:
         raise UpstreamFailed("upstream refused the gateway's token twice")
     raise _outcome_error(status, endpoint)
