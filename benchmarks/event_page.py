@@ -37,7 +37,10 @@ async def timed(coro) -> float:
 
 async def main(latency_ms: float, events: int) -> None:
     sb_runner, upstream, sandbox = await start_sandbox(latency_ms=latency_ms, jitter_ms=0)
-    app = create_app(aimed_at(Config(), upstream))
+    # The default config but for the per-caller rate limit: this one client sends thousands
+    # of requests a second on purpose (the upstream share keeps its default).
+    config = Config().replace(limits={"requests_per_s": 1e9, "burst": 10**9})
+    app = create_app(aimed_at(config, upstream))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -50,7 +50,8 @@ async def main(latency_ms: float) -> None:
         stdout=subprocess.DEVNULL)
     await asyncio.sleep(0.3)
     sb_runner, sb_url, sandbox = await start_sandbox(latency_ms=latency_ms, jitter_ms=0)
-    base = aimed_at(Config(), sb_url)
+    # The default config but for the per-caller rate limit (one client, many requests).
+    base = aimed_at(Config().replace(limits={"requests_per_s": 1e9, "burst": 10**9}), sb_url)
     shared = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/0"}
     runners = []
     try:

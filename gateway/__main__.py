@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import logging
 import sys
 
-from aiohttp import web
-
+from gateway import logs
+from gateway.audit import AuditLog
+from gateway.cache import RedisRefused
 from gateway.config import ConfigError, is_loopback, load_config
 
 
@@ -27,9 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     sandbox.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure()  # every log line one JSON object, on stderr (gateway/logs.py)
     if args.command == "sandbox":
         from gateway import embedded
 
@@ -53,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    try:
+        AuditLog(config.audit.path).check()
+    except OSError as exc:
+        print(f"catalog-gateway: configuration error: audit.path: cannot append to "
+              f"{config.audit.path!r}: {exc.strerror}", file=sys.stderr)
+        return 2
+
     from gateway.app import create_app
 
     # Start-up leaves ~150k long-lived objects (ABConnect pulls in pydantic and pandas).
@@ -65,9 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.workers import serve_workers
 
         return serve_workers(config, create_app)
-    app = create_app(config)
-    web.run_app(app, host=config.server.host, port=config.server.port,
-                access_log=None, shutdown_timeout=10.0)
+    from gateway.admin import serve
+
+    try:
+        serve(create_app(config), config)
+    except RedisRefused as exc:  # its message shows the URL without its password
+        print(f"catalog-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -10,25 +10,29 @@ application/problem+json (see problem_middleware).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import logging
 import math
-import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 from aiohttp import web
 
 from gateway import contract, params, schemas
+from gateway.access import audit
 from gateway.auth import require_write
 from gateway.cache import Lookup, etag_of, etags_in
-from gateway.errors import GatewayError, PayloadTooLarge, Unauthorized
+from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout, Unauthorized
 from gateway.openapi import document, version
 from gateway.overrides import MAX_BODY_BYTES, parse_changes
 from gateway.reads import MAX_IDS, MAX_PAGE_SIZE, EventPage, LotBatch, View
 from gateway.routes import Handler, Route, other_methods
-from gateway.state import CALLER, CLIENT_NAME, METRICS, READINESS, READS, WRITES
+from gateway.state import CALLER, CLIENT_NAME, CONFIG, METRICS, READINESS, READS, WRITES
 from gateway.upstream.client import Answer
 
 log = logging.getLogger(__name__)
@@ -108,18 +112,145 @@ def problem(status: int, title: str, detail: str, headers: dict[str, str] | None
     )
 
 
+# --- the audit trail of writes -------------------------------------------------------------------
+
+
+_READS = ("GET", "HEAD")
+_SHOWN_PATH = 200  # characters of a raw path an audit or log line shows at most
+
+
+@dataclass
+class Written:
+    """What a write handler tells its audit line; `audited` adds the rest. outcome None:
+    from the answer's status ("ok" for a 2xx, else "status_<n>", as the upstream said)."""
+
+    targets: list[int | str]
+    outcome: str | None = None
+    changes: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+WriteHandler = Callable[[web.Request, Written], Awaitable[web.StreamResponse]]
+
+
+def audited(action: str) -> Callable[[WriteHandler], Handler]:
+    """A write handler that leaves one audit line (`gateway.access.audit`) however it ends:
+    with its answer, or with the refusal or failure it raised (403 for a read-only caller,
+    400, 408, 413, an upstream error ...: outcome `refused_outcome`). The line has the
+    request id, the caller and how it authenticated, the action, the target ids (the path's
+    id unless the handler names others), the outcome and the status answered. A read
+    through the same handler (GET or HEAD on a pass-through path) leaves none."""
+
+    def wrap(handler: WriteHandler) -> Handler:
+        @functools.wraps(handler)
+        async def write(request: web.Request) -> web.StreamResponse:
+            written = Written(path_ids(request))
+            if request.method in _READS:
+                return await handler(request, written)
+            try:
+                response = await handler(request, written)
+            except (GatewayError, web.HTTPException) as exc:
+                outcome = written.outcome or refused_outcome(exc.status)
+                await _record(request, action, written, outcome, exc.status)
+                raise
+            status = response.status
+            outcome = written.outcome or ("ok" if 200 <= status < 300 else f"status_{status}")
+            await _record(request, action, written, outcome, status)
+            return response
+
+        return write
+
+    return wrap
+
+
+async def _record(
+    request: web.Request, action: str, written: Written, outcome: str, status: int
+) -> None:
+    await audit(request, action, targets=written.targets, outcome=outcome,
+                changes=written.changes, status=status, **written.extra)
+
+
+def refused_outcome(status: int) -> str:
+    """The outcome of a write the gateway did not carry out, by the status it answered."""
+    if status == 403:
+        return "forbidden"
+    if status == 404:
+        return "not_found"
+    if status in (409, 412):
+        return "conflict"
+    if status >= 500:
+        return "upstream_error"
+    return "rejected"  # 400, 401, 405, 408, 413, 415, 422, ...
+
+
+def path_ids(request: web.Request) -> list[int | str]:
+    """The id in the request's path, if it has a well-formed one."""
+    if "id" not in request.match_info:
+        return []
+    try:
+        return [ID.read(request.match_info)]
+    except GatewayError:
+        return []
+
+
+def created_ids(answer: Answer) -> list[int | str]:
+    """The id of what a create made, from the upstream's answer (none if it failed)."""
+    if not 200 <= answer.status < 300:
+        return []
+    try:
+        created = json.loads(answer.body)
+    except ValueError:
+        return []
+    ident = created.get("id") if isinstance(created, dict) else None
+    return [ident] if isinstance(ident, int) else []
+
+
+def bulk_catalog_ids(body: bytes) -> list[int | str]:
+    """The customer catalog ids a bulk insert names (its answer names no ids), at most 100."""
+    try:
+        bulk = json.loads(body)
+    except ValueError:
+        return []
+    catalogs = bulk.get("catalogs") if isinstance(bulk, dict) else None
+    if not isinstance(catalogs, list):
+        return []
+    ids = [c.get("customerCatalogId") for c in catalogs[:100] if isinstance(c, dict)]
+    return [i if isinstance(i, int) else i[:100] for i in ids if isinstance(i, int | str)]
+
+
 # --- drop-in mirror ----------------------------------------------------------------------------
 
 
-def check_query(request: web.Request, operation: contract.Operation) -> None:
-    """Each parameter the upstream declares must have its declared type (names matched in
-    any case, as the upstream's ASP.NET does). Everything is passed on unchanged: a
-    client may send filters the document does not name (the SDK sends CustomerCatalogId)."""
-    by_name = {p.name.lower(): p for p in operation.query}
+def check_query(request: web.Request, operation: contract.Operation) -> list[tuple[str, str]]:
+    """The query as the upstream's document spells it, in the order given.
+
+    Names are matched in any case (as the upstream's ASP.NET does) and renamed to the
+    document's spelling, so `pagesize=5` and `PageSize=5` are one request. Refused with a
+    400 naming the parameter, before anything is sent: a name the operation does not accept
+    (contract: the document's, plus those ABConnect itself sends), a value of the wrong
+    type, a parameter given twice in any case (only an array, e.g. `SellerIds`, may
+    repeat), a `PageSize` above `limits.max_page_size`. An empty value is passed on
+    unchecked: the upstream reads it as not given."""
+    max_page_size = request.app[CONFIG].limits.max_page_size
+    query: list[tuple[str, str]] = []
+    seen: set[str] = set()
     for name, value in request.query.items():
-        param = by_name.get(name.lower())
-        if param is not None and value != "":
+        param = operation.query_parameter(name)
+        if param is None:
+            accepted = ", ".join(p.name for p in operation.query)
+            raise params.BadRequest(f"unknown query parameter {params.shown(name)}; "
+                                    f"{operation.path} accepts {accepted}")
+        if param.name in seen and not isinstance(param, contract.IntList):
+            raise params.BadRequest(f"{param.name} may be given only once")
+        seen.add(param.name)
+        if value == "":
+            pass
+        elif param.name == contract.PAGE_SIZE:
+            params.parse_int(param.name, value, 1, max_page_size)
+        else:
             param.parse(value)
+        query.append((param.name, value))
+    return query
 
 
 def mirror_get_one(operation: contract.Operation) -> Handler:
@@ -133,8 +264,11 @@ def mirror_get_one(operation: contract.Operation) -> Handler:
 
 def mirror_get_list(operation: contract.Operation) -> Handler:
     async def get_list(request: web.Request) -> web.Response:
-        check_query(request, operation)
-        lookup = await request.app[READS].listing(operation.resource, list(request.query.items()))
+        """Only the query parameters listed here are accepted, their names in any case;
+        any other is refused with 400, as is a parameter given twice (an array may
+        repeat) and a `PageSize` above the gateway's `limits.max_page_size`."""
+        query = check_query(request, operation)
+        lookup = await request.app[READS].listing(operation.resource, query)
         return lookup_response(request, lookup)
 
     return get_list
@@ -147,16 +281,20 @@ def relayed(answer: Answer) -> web.Response:
 
 
 def mirror_create(op: contract.Operation) -> Handler:
-    async def create(request: web.Request) -> web.Response:
+    @audited("create")
+    async def create(request: web.Request, written: Written) -> web.Response:
         token = writer_token(request)
         body = await read_body(request, MAX_PUT_BYTES)
-        return relayed(await request.app[WRITES].create(op.resource, body, token))
+        answer = await request.app[WRITES].create(op.resource, body, token)
+        written.targets = created_ids(answer)
+        return relayed(answer)
 
     return create
 
 
 def mirror_update(op: contract.Operation) -> Handler:
-    async def update(request: web.Request) -> web.Response:
+    @audited("update")
+    async def update(request: web.Request, written: Written) -> web.Response:
         ident, token = ID.read(request.match_info), writer_token(request)
         body = await read_body(request, MAX_PUT_BYTES)
         return relayed(await request.app[WRITES].update(op.resource, ident, body, token))
@@ -165,16 +303,19 @@ def mirror_update(op: contract.Operation) -> Handler:
 
 
 def mirror_delete(op: contract.Operation) -> Handler:
-    async def delete(request: web.Request) -> web.Response:
+    @audited("delete")
+    async def delete(request: web.Request, written: Written) -> web.Response:
         ident, token = ID.read(request.match_info), writer_token(request)
         return relayed(await request.app[WRITES].delete(op.resource, ident, token))
 
     return delete
 
 
-async def mirror_bulk_insert(request: web.Request) -> web.Response:
+@audited("bulk_insert")
+async def mirror_bulk_insert(request: web.Request, written: Written) -> web.Response:
     token = writer_token(request)
     body = await read_body(request, MAX_PUT_BYTES)
+    written.targets = bulk_catalog_ids(body)
     return relayed(await request.app[WRITES].bulk_insert(body, token))
 
 
@@ -187,7 +328,8 @@ async def mirror_get_overrides(request: web.Request) -> web.Response:
     return relayed(answer)
 
 
-async def pass_through(request: web.Request) -> web.Response:
+@audited("pass_through")
+async def pass_through(request: web.Request, written: Written) -> web.Response:
     """Any other /api/ path (the API grows): passed on unchanged and never cached. A read
     goes with the gateway's token; anything else is a write the gateway cannot see into,
     so everything cached before it is outdated."""
@@ -195,14 +337,15 @@ async def pass_through(request: web.Request) -> web.Response:
     if allowed:  # a path of the document, with a method it does not have
         raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
     path, params = request.path, list(request.query.items())
-    body = await read_body(request, MAX_PUT_BYTES) if request.can_read_body else None
-    if request.method in ("GET", "HEAD"):
+    if request.method in _READS:
+        body = await read_body(request, MAX_PUT_BYTES) if request.can_read_body else None
         answer = await request.app[READS].uncached(request.method, path, params, body,
                                                    endpoint="other")
-    else:
-        answer = await request.app[WRITES].unknown(request.method, path, params, body,
-                                                   writer_token(request))
-    return relayed(answer)
+        return relayed(answer)
+    written.extra["path"] = path[:_SHOWN_PATH]
+    token = writer_token(request)
+    body = await read_body(request, MAX_PUT_BYTES) if request.can_read_body else None
+    return relayed(await request.app[WRITES].unknown(request.method, path, params, body, token))
 
 
 def writer_token(request: web.Request) -> str | None:
@@ -273,26 +416,43 @@ async def v1_seller_events(request: web.Request) -> web.Response:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, or 413 as soon as it is known to exceed `limit` bytes."""
+    """The whole request body, however it arrives (in several TCP segments, chunked).
+
+    413 as soon as it is known to exceed `limit` bytes: from Content-Length before reading,
+    or once more than `limit` bytes have come. 408 if it has not all come within
+    server.read_timeout_s (a client that sends its headers, then stalls)."""
+    too_large = f"the body is at most {limit} bytes"
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the body is at most {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"the body is at most {limit} bytes")
-    return body
+        raise PayloadTooLarge(too_large)
+    timeout_s = request.app[CONFIG].server.read_timeout_s
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(too_large)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+    return b"".join(chunks)
 
 
-async def v1_save_override(request: web.Request) -> web.Response:
+@audited("override")
+async def v1_save_override(request: web.Request, written: Written) -> web.Response:
     lot_id, token = ID.read(request.match_info), writer_token(request)
     try:
         changes = parse_changes(await read_body(request, MAX_BODY_BYTES))
     except GatewayError:
         request.app[METRICS].overrides.labels("rejected").inc()
         raise
+    written.changes = changes
     saved = await request.app[WRITES].save_override(
         lot_id, changes, actor=request.get(CLIENT_NAME) or "anonymous",
         if_match=request.headers.get("If-Match"), token=token,
     )
+    written.outcome = "saved" if saved.changes else "unchanged"
     return web.Response(body=saved.body, headers={"ETag": saved.etag, "Content-Type": JSON})
 
 
@@ -300,19 +460,24 @@ async def v1_save_override(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "pid": os.getpid()})
+    return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when an upstream token can be had (answer reused for a second or two)."""
+    """Ready when an upstream token can be had (answer reused for a second or two). Why
+    not goes to the log, not to whoever asks."""
     try:
         await request.app[READINESS]()
     except GatewayError as exc:
-        return problem(503, "Not Ready", f"upstream token not obtainable: {exc.detail}")
+        log.warning("not ready: upstream token not obtainable: %s", exc.detail)
+        return problem(503, "Not Ready", "upstream token not obtainable")
     return web.json_response({"status": "ready"})
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """On the API port unless server.admin_port serves it (gateway/admin.py)."""
+    if request.app[CONFIG].server.admin_port:
+        raise web.HTTPNotFound()
     return request.app[METRICS].exposition()
 
 
@@ -371,14 +536,18 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.retry_after is not None:
             # Rounded up: a client told to come back must not come back too early.
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-        return problem(exc.status, exc.title, exc.detail, headers)
+        response = problem(exc.status, exc.title, exc.detail, headers)
+        if isinstance(exc, RequestTimeout):
+            response.force_close()  # no keep-alive for a client this slow
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return problem(exc.status, exc.reason, exc.text or exc.reason,
                        {k: v for k, v in exc.headers.items() if k == "Allow"})
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method,
+                      request.path[:_SHOWN_PATH])
         return problem(500, "Internal Server Error", "unexpected error; see the gateway log")
 
 

@@ -80,8 +80,11 @@ async def _domain(app: web.Application, config: Config) -> AsyncIterator[None]:
     """Upstream session, token, client, cache and revocations; then the domain services."""
     up, cc, metrics = config.upstream, config.cache, app[METRICS]
     session = aiohttp.ClientSession(
-        # Room above the API cap for identity calls, which do not take an API slot.
-        connector=aiohttp.TCPConnector(limit=up.max_concurrency + 4, ttl_dns_cache=300),
+        # Room above the API cap for identity calls (the operators' sign-in checks and the
+        # gateway's own sign-in), which do not take an API slot.
+        connector=aiohttp.TCPConnector(
+            limit=up.max_concurrency + config.limits.sign_in_concurrency + 1, ttl_dns_cache=300
+        ),
         raise_for_status=False,
     )
     tokens = TokenProvider(session, up.identity_url, config.credentials, scope=up.scope,
@@ -94,7 +97,7 @@ async def _domain(app: web.Application, config: Config) -> AsyncIterator[None]:
     client = UpstreamClient(
         session, up.base_url, tokens, observer=metrics, max_concurrency=up.max_concurrency,
         timeout_s=up.timeout_s, retries=up.retries, queue_timeout_s=up.queue_timeout_s,
-        breaker=breaker,
+        breaker=breaker, upstream_share=config.limits.upstream_share,
     )
     if cc.backend == "redis":
         tier = RedisTier(
@@ -116,16 +119,22 @@ async def _domain(app: web.Application, config: Config) -> AsyncIterator[None]:
         negative_ttl=lambda exc: cc.negative_ttl_s if isinstance(exc, NotFound) else None,
         tier=tier,
     )
-    await cache.start()
+    try:
+        await cache.start()  # raises when Redis refuses the credentials
+    except BaseException:
+        await revocations.close()
+        await session.close()
+        raise
     metrics.watch_cache(cache)
     app[CACHE] = cache
     app[TOKENS] = tokens
     app[READS] = Reads(cache, client)
     app[WRITES] = Writes(
-        cache, client, on_override=lambda outcome: metrics.overrides.labels(outcome).inc()
+        cache, client, on_override=lambda outcome: metrics.overrides.labels(outcome).inc(),
+        lock_wait_s=config.limits.lock_wait_s,
     )
     app[SESSIONS] = OperatorSessions(
-        Cookies(signing_secret(config.session_secret)), revocations, tokens
+        Cookies(signing_secret(config.session_secret)), revocations, tokens, app[CONFIG]
     )
     app[READINESS] = alru_cache(maxsize=1, ttl=2.0)(tokens.token)
     if config.auth.upstream_tokens != "off":  # callers' own JWTs: the keys to verify them

@@ -17,6 +17,7 @@ import json
 import os
 import threading
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ class AuditLog:
         self.path = Path(path)
         # One writer at a time: lines never interleave, and they land in call order.
         self._lock = threading.Lock()
+        # A thread of its own: fsyncs never wait for, nor hold up, the loop's default
+        # executor (DNS lookups, and whatever else runs there).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
 
     async def record(
         self, *, request_id: str | None, caller: str, auth: str, method: str, route: str,
@@ -47,7 +51,12 @@ class AuditLog:
             line["changes"] = dict(changes)
         line.update(extra)
         data = (json.dumps(line, default=str, ensure_ascii=True) + "\n").encode()
-        await asyncio.to_thread(self._append, data)
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._append, data)
+
+    def check(self) -> None:
+        """Raise OSError unless a line could be appended now (checked at start-up: a gateway
+        that cannot keep its audit trail must not start taking writes)."""
+        os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))
 
     def _append(self, data: bytes) -> None:
         with self._lock:

@@ -131,7 +131,9 @@ class UpstreamConfig:
     # The scope the gateway's own sign-in asks for (space-separated, as OAuth 2 sends it).
     scope: Annotated[_Str, Field(min_length=1)] = "offline_access"
     timeout_s: _Positive = 10.0
-    max_concurrency: Annotated[_Int, Field(ge=1)] = 32
+    # 64: a caller's default share (limits.upstream_share 0.5) is then 32 slots, enough for
+    # a 25-lot page and its catalog in two round trips while another caller floods.
+    max_concurrency: Annotated[_Int, Field(ge=1)] = 64
     retries: Annotated[_Int, Field(ge=0, le=10)] = 2
     queue_timeout_s: _Positive = 5.0
     breaker_window_s: _Positive = 10.0
@@ -458,4 +460,9 @@ def _describe(error: ErrorDetails, origins: Mapping[tuple[str, str], str]) -> st
     where = ".".join(loc)
     if loc[:2] in origins:
         where = f"{origins[loc[:2]]} ({where})"
+    if loc[:2] in _SECRET_BEARING:  # may hold a password: never echoed
+        return f"{where}: {why}"
     return f"{where}: {why}, got {error['input']!r}"
+
+
+_SECRET_BEARING = {("cache", "redis_url")}

@@ -33,6 +33,12 @@ class NotFound(GatewayError):
     status, title = 404, "Not Found"
 
 
+class RequestTimeout(GatewayError):
+    """The client did not send its request body within server.read_timeout_s."""
+
+    status, title = 408, "Request Timeout"
+
+
 class PreconditionFailed(GatewayError):
     status, title = 412, "Precondition Failed"
 
@@ -41,8 +47,27 @@ class PayloadTooLarge(GatewayError):
     status, title = 413, "Payload Too Large"
 
 
+class UnsupportedMediaType(GatewayError):
+    """A body of a kind the route does not take (an /api/ write that is not JSON)."""
+
+    status, title = 415, "Unsupported Media Type"
+
+
+class MisdirectedRequest(GatewayError):
+    """A Host this gateway does not serve (without API keys: any but a loopback name)."""
+
+    status, title = 421, "Misdirected Request"
+
+
 class Unprocessable(GatewayError):
     status, title = 422, "Unprocessable Content"
+
+
+class TooManyRequests(GatewayError):
+    """The caller has used up its request allowance for now; retry_after says when to
+    come back."""
+
+    status, title = 429, "Too Many Requests"
 
 
 class UpstreamFailed(GatewayError):

@@ -41,7 +41,10 @@ SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
 DESCRIPTION = (
     "A caching, coalescing API gateway in front of the ABConnect Catalog API.\n\n"
     "The Catalog API's own operations are mirrored under their own paths, with the query "
-    "names and JSON its document gives (reads cached, writes passed through); the "
+    "names and JSON its document gives (reads cached, writes passed through). A mirrored "
+    "list accepts only the query parameters listed for it, names in any case: any other, "
+    "a parameter given twice (an array may repeat) or a `PageSize` above "
+    "`limits.max_page_size` is a 400 and never reaches the upstream. The "
     "gateway's own routes are under `/api/v1`. Any other `/api/` path is passed through to "
     "the upstream unchanged and never cached; a write to such a path outdates everything "
     "cached before it (known routes are faster).\n\n"
@@ -51,7 +54,11 @@ DESCRIPTION = (
     "`If-None-Match` gets a 304.\n\n"
     "With API keys configured (`GW_API_KEYS`), every `/api/*` request needs one, as "
     "`Authorization: Bearer <key>` or `X-API-Key: <key>` (else 401). `/healthz`, "
-    "`/readyz`, `/metrics` and `/openapi.json` stay open."
+    "`/readyz`, `/metrics` and `/openapi.json` stay open. Without keys, only loopback host "
+    "names are served (`localhost`, `127.0.0.1`, `[::1]`; any other `Host` is a 421).\n\n"
+    "Browsers: a request other than GET, HEAD or OPTIONS whose `Origin` is neither the "
+    "gateway's own nor one of `server.allowed_origins` is a 403; a body sent under `/api/` "
+    "must be JSON (`Content-Type: application/json`), else 415."
 )
 
 TAGS = {
@@ -88,13 +95,19 @@ HEADERS: dict[str, dict[str, Any]] = {
 _WHEN = {
     400: "a parameter or the body is malformed, or the upstream refused the request as given",
     401: "credentials are required and none valid were sent",
-    403: "the credentials sent do not allow this request",
+    403: "the credentials sent do not allow this request, or (a write) a browser page of "
+         "another origin sent it",
     404: "no such route, or no such id upstream",
     405: "the path exists, the method does not",
     412: "`If-Match` does not name the current ETag",
     413: "the body exceeds the route's limit",
+    415: "a write under `/api/` carried a body that is not JSON (`application/json`)",
+    421: "without API keys the gateway serves only loopback host names (`localhost`, "
+         "`127.0.0.1`, `[::1]`)",
     422: "the body is a JSON object but not a valid one; `detail` names the field",
-    429: "too many requests from this caller",
+    408: "the body did not arrive whole within `server.read_timeout_s`",
+    429: "this caller has sent more than `limits.requests_per_s` (with `limits.burst`); "
+         "`Retry-After` says when to come back",
     502: "the upstream failed or answered something unusable",
     503: "the upstream could not be reached, or the gateway is not ready",
     504: "the upstream did not answer in time",
@@ -364,8 +377,14 @@ def _responses(route: Route) -> dict[str, Any]:
 
 
 def _errors(route: Route) -> list[int]:
-    """The route's error statuses: those it declares, and 401 where credentials count."""
-    return sorted({*route.errors, *(() if route.open else (401,))})
+    """The route's error statuses: those it declares, 401 and 429 where credentials and the
+    caller's rate count (gateway/auth.py, gateway/limits.py), and those of the rules every
+    request meets (gateway/policy.py): 421 for a foreign Host when open, and for writes 403
+    for a foreign Origin and, under /api/, 415 for a body not JSON and 408 for one too slow."""
+    policy = {421}
+    if route.method not in ("GET", "HEAD", "OPTIONS"):
+        policy |= {403, 408, 415} if route.path.startswith("/api/") else {403}
+    return sorted({*route.errors, *(() if route.open else (401, 429)), *policy})
 
 
 def _response_name(code: int) -> str:

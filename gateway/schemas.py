@@ -285,7 +285,6 @@ class Health(BaseModel):
     """The process is alive."""
 
     status: Literal["ok"]
-    pid: int = Field(description="The answering worker's process id.")
 
 
 class Ready(BaseModel):

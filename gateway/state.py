@@ -24,6 +24,7 @@ from gateway.writes import Writes
 
 if TYPE_CHECKING:
     from gateway.auth import Caller  # gateway.auth imports this module
+    from gateway.policy import Policy  # gateway.policy imports this module
 
 CONFIG = web.AppKey("config", Config)  # as configured (sandbox mode stays "sandbox")
 METRICS = web.AppKey("metrics", Metrics)
@@ -43,3 +44,6 @@ AUDIT = web.AppKey("audit", AuditLog)  # audit.path, opened per line (gateway/au
 CLIENT_NAME = web.RequestKey("client_name", str)  # the caller's name (gateway/auth.py)
 CALLER: web.RequestKey[Caller] = web.RequestKey("caller")  # who calls /api/* (gateway/auth.py)
 SESSION = web.RequestKey("session", Session)  # the UI session (ui/session.py)
+# The browser-facing rules and trusted proxies, for client_address and is_https
+# (gateway/policy.py, set first thing by its middleware).
+POLICY: web.RequestKey[Policy] = web.RequestKey("policy")

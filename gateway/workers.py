@@ -3,7 +3,10 @@
 The parent only supervises: it starts the workers (and, in sandbox mode, one shared
 sandbox process they all use, so every worker sees the same upstream data), forwards
 SIGTERM/SIGINT to them and exits when they have. The workers share the Redis tier;
-config validation refuses N > 1 with the in-memory cache.
+config validation refuses N > 1 with the in-memory cache. Each worker binds the API port,
+and `server.admin_port` when set, with SO_REUSEPORT (gateway/admin.py); they log JSON
+lines to the stderr they inherit (gateway/logs.py, set up before the fork), each line
+with its worker's pid.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway import embedded
+from gateway.admin import serve
 from gateway.config import Config
 
 log = logging.getLogger(__name__)
@@ -30,9 +34,7 @@ def serve_workers(config: Config, make_app: Callable[[Config], web.Application])
         children.append(sandbox)
 
     def run(worker_config: Config) -> None:
-        web.run_app(make_app(worker_config), host=worker_config.server.host,
-                    port=worker_config.server.port, reuse_port=True, access_log=None,
-                    shutdown_timeout=10.0, print=None)
+        serve(make_app(worker_config), worker_config, reuse_port=True)
 
     workers = [ctx.Process(target=run, args=(config,), name=f"worker-{n}", daemon=False)
                for n in range(config.server.workers)]

@@ -113,6 +113,8 @@ class Sandbox:
         self.calls: collections.Counter[str] = collections.Counter()
         # (route label, account of the token) -> calls: whose token each call carried.
         self.callers: collections.Counter[tuple[str, str]] = collections.Counter()
+        # (route label, X-Request-ID) of the latest counted calls that carried one.
+        self.request_ids: collections.deque[tuple[str, str]] = collections.deque(maxlen=1000)
         self.inflight: int = 0
         self.max_inflight: int = 0
         self.rng = random.Random(seed + 7919)  # jitter and error_rate draws only
@@ -140,6 +142,7 @@ class Sandbox:
     def reset_stats(self) -> None:
         self.calls.clear()
         self.callers.clear()
+        self.request_ids.clear()
         self.max_inflight = 0
 
     def stats(self) -> dict[str, Any]:
@@ -298,6 +301,8 @@ async def sandbox_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     is_api = request.path.startswith("/api/")
     sandbox.calls[label] += 1
+    if (request_id := request.headers.get("X-Request-ID")) is not None:
+        sandbox.request_ids.append((label, request_id))
     sandbox.inflight += 1
     sandbox.max_inflight = max(sandbox.max_inflight, sandbox.inflight)
     try:

@@ -83,7 +83,8 @@ async def start_gateway(aiohttp_client, tmp_path: Path) -> AsyncIterator[StartGa
     or of the same sandbox as `beside` (a second replica).
 
     Sections are Config sections as dicts, e.g. upstream={"max_concurrency": 8}. Each
-    gateway writes its audit trail to a file of its own under the test's tmp_path.
+    gateway writes its audit trail to a file of its own under the test's tmp_path. The
+    per-caller rate limit and upstream share are out of the way unless `limits` sets them.
     """
     runners: list[web.AppRunner] = []
 
@@ -99,6 +100,9 @@ async def start_gateway(aiohttp_client, tmp_path: Path) -> AsyncIterator[StartGa
                 latency_ms=sb["latency_ms"], jitter_ms=sb["jitter_ms"], seed=sb.get("seed", 1)
             )
             runners.append(runner)
+        # Tests not about limits are not held to them (many send bursts from one address).
+        sections["limits"] = {"requests_per_s": 1e6, "burst": 10**6, "upstream_share": 1.0,
+                              **sections.get("limits", {})}
         sections.setdefault("audit", {"path": str(tmp_path / f"audit-{len(runners)}-"
                                                   f"{id(sections)}.log")})
         config = aimed_at(Config().replace(sandbox=sb, **sections), url)

@@ -25,7 +25,16 @@ from typing import IO
 import aiohttp
 import pytest
 
-from gwtesting import ROOT, env, eventually_sync, free_port, get, stop, wait_until_up
+from gwtesting import (
+    ROOT,
+    UNLIMITED,
+    env,
+    eventually_sync,
+    free_port,
+    get,
+    stop,
+    wait_until_up,
+)
 
 CLI = [sys.executable, "-m", "gateway"]
 WORKERS = 20  # concurrent clients of the load
@@ -108,7 +117,9 @@ def processes() -> Iterator[tuple[str, str, subprocess.Popen]]:
                         ABCONNECT_USERNAME="gateway", ABCONNECT_PASSWORD="sandbox",
                         GW_CACHE_MAX_BYTES=str(MAX_BYTES), GW_CACHE_TTL_S="1",
                         GW_CACHE_STALE_WHILE_REVALIDATE_S="0",
-                        GW_UPSTREAM_BREAKER_OPEN_S="2"),
+                        GW_UPSTREAM_BREAKER_OPEN_S="2",
+                        # 20 clients from one address: the per-caller limit is not under test.
+                        **UNLIMITED),
                 stdout=subprocess.DEVNULL, stderr=gateway_log, cwd=ROOT)
             started.append(gateway)
             up(sandbox_url + "/_sandbox/stats", sandbox, sandbox_log)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -81,7 +83,10 @@ def ui_route(route: web.AbstractRoute) -> bool:
 
 
 def gateway_app(**sections: Any) -> web.Application:
-    """The gateway app (not started), its sandbox answering at once."""
+    """The gateway app (not started), its sandbox answering at once; its audit trail in a
+    temporary directory, and no rate limit (a fuzz run is thousands of requests)."""
+    sections.setdefault("audit", {"path": os.path.join(tempfile.mkdtemp(), "audit.log")})
+    sections.setdefault("limits", {"requests_per_s": 1e9, "burst": 10**9})
     return create_app(Config().replace(sandbox={"latency_ms": 0, "jitter_ms": 0}, **sections))
 
 
@@ -240,7 +245,7 @@ async def test_served_as_json(aiohttp_client) -> None:
 
 
 async def test_the_security_scheme_is_what_the_gateway_enforces(aiohttp_client) -> None:
-    app = gateway_app(api_keys=parse_api_keys("ops:k-ops"))
+    app = gateway_app(api_keys=parse_api_keys("ops:k-ops-0123456789"))
     client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})
     for method, path, _ in operations():
         resp = await client.request(method, path.replace("{id}", "1"), json={})

@@ -19,7 +19,16 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from gwtesting import ROOT, RedisServer, env, eventually, free_port, wait_until_up
+from gwtesting import (
+    ROOT,
+    UNLIMITED,
+    RedisServer,
+    env,
+    eventually,
+    eventually_sync,
+    free_port,
+    wait_until_up,
+)
 
 CLI = [sys.executable, "-m", "gateway"]
 
@@ -70,7 +79,7 @@ class Replicas:
                     GW_UPSTREAM_IDENTITY_URL=self.sandbox_url + "/connect/token",
                     ABCONNECT_USERNAME="gateway", ABCONNECT_PASSWORD="sandbox",
                     GW_CACHE_BACKEND="redis", GW_CACHE_REDIS_URL=self.redis.url,
-                    **extra_env),
+                    **{**UNLIMITED, **extra_env}),
                 url + "/readyz")
             self.urls.append(url)
         return self
@@ -321,15 +330,23 @@ def test_two_workers_share_one_port(redis):
             except AssertionError as exc:
                 raise AssertionError(f"the gateway did not come up ({exc or 'it exited'}); "
                                      f"its output:\n{output_of(log)}") from None
-            pids = set()
-            for _ in range(60):
-                # A new connection each time: the kernel spreads them over the workers.
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz",
-                                            timeout=5) as r:
-                    pids.add(json.load(r)["pid"])
-                if len(pids) == 2:
-                    break
-            assert len(pids) == 2
+            for i in range(60):
+                # A new connection each time: the kernel spreads them over the workers,
+                # and each worker's access-log line carries its pid.
+                probe = urllib.request.Request(f"http://127.0.0.1:{port}/healthz",
+                                               headers={"X-Request-ID": f"probe-{i}"})
+                with urllib.request.urlopen(probe, timeout=5) as r:
+                    assert r.status == 200
+
+            def probe_pids() -> set[int]:
+                log.seek(0)
+                lines = (json.loads(line) for line in log.read().decode().splitlines()
+                         if line.startswith("{"))
+                return {line["pid"] for line in lines
+                        if str(line.get("request_id", "")).startswith("probe-")}
+
+            eventually_sync(lambda: len(probe_pids()) == 2,
+                            "both workers served a probe (two pids in the access log)")
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/catalogs/1001/lots",
                                         timeout=10) as r:
                 assert r.status == 200
@@ -349,7 +366,7 @@ def test_workers_with_the_memory_cache_refuse_to_start():
 
 
 async def test_sign_out_on_one_replica_ends_the_session_on_the_other(replicas):
-    a, b = replicas.start(GW_API_KEYS="ops:k-ops-123", GW_SESSION_SECRET="s" * 40).urls
+    a, b = replicas.start(GW_API_KEYS="ops:k-ops-0123456789", GW_SESSION_SECRET="s" * 40).urls
     token = re.compile(r'name="csrf_token" value="([^"]+)"')
     # One cookie jar per replica: the browser of an operator behind a load balancer.
     # unsafe=True: keep cookies for a bare IP address (127.0.0.1).
@@ -359,7 +376,7 @@ async def test_sign_out_on_one_replica_ends_the_session_on_the_other(replicas):
     ):
         async with on_a.get(f"{a}/sign-in") as resp:
             csrf = token.search(await resp.text()).group(1)
-        async with on_a.post(f"{a}/sign-in", data={"api_key": "k-ops-123",
+        async with on_a.post(f"{a}/sign-in", data={"api_key": "k-ops-0123456789",
                                                   "csrf_token": csrf},
                              allow_redirects=False) as resp:
             assert resp.status == 303

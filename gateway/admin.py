@@ -1,0 +1,81 @@
+"""The gateway's listening sockets: the API port with its read limits, and the admin port.
+
+- **Read limits** (`server.read_timeout_s`, T). A connection must deliver a complete
+  request head within T of opening, or of the previous answer on a kept-alive connection,
+  else it is closed without an answer: aiohttp's keep-alive timer, set to T, covers a head
+  still arriving as well as an idle connection (so idle keep-alive connections also close
+  after T). A body the JSON API reads must arrive whole within T of the handler starting
+  to read it, else 408 and the connection closes (gateway/api.py `read_body`). A client
+  sending its request slowly is so cut off after at most 2 T. Not bounded here: a client
+  slow to *read* an answer (the kernel's send buffer and TCP keep-alive cover that), and
+  the UI's form bodies (small, read by aiohttp's own form parser).
+- **Admin port** (`server.admin_port` > 0). `/metrics` is served on that port, bound to
+  `server.host`, by a small app of its own sharing the API app's Metrics; the API port then
+  answers 404 for it (gateway/api.py `metrics`). With `server.workers` > 1 every worker
+  binds the admin port with SO_REUSEPORT, as it binds the API port: a scrape reaches one
+  worker and sees that worker's figures, as /metrics on the API port always has.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.metrics import Metrics
+from gateway.state import METRICS
+
+log = logging.getLogger(__name__)
+
+
+def serve(app: web.Application, config: Config, *, reuse_port: bool = False) -> None:
+    """Serve `app` on server.host:server.port (and /metrics on server.admin_port when set)
+    until SIGTERM or SIGINT; in-flight requests get up to 10 s to finish."""
+    server = config.server
+    if server.admin_port:
+        app.cleanup_ctx.append(admin_site(config, reuse_port=reuse_port))
+
+    def serving(banner: str) -> None:  # once the port is bound; one worker of many: quiet
+        if not reuse_port:
+            log.info("serving http://%s:%d", server.host, server.port)
+
+    web.run_app(
+        app, host=server.host, port=server.port, reuse_port=reuse_port or None,
+        access_log=None,  # gateway.access logs each request (gateway/access.py)
+        keepalive_timeout=server.read_timeout_s, shutdown_timeout=10.0, print=serving,
+    )
+
+
+def admin_app(metrics: Metrics) -> web.Application:
+    """/metrics alone."""
+
+    async def exposition(request: web.Request) -> web.Response:
+        return metrics.exposition()
+
+    app = web.Application()
+    app.router.add_get("/metrics", exposition)
+    return app
+
+
+def admin_site(
+    config: Config, *, reuse_port: bool = False
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A start-up context for the API app: the admin port is served while the app is."""
+
+    async def admin(app: web.Application) -> AsyncIterator[None]:
+        runner = web.AppRunner(admin_app(app[METRICS]), access_log=None,
+                               keepalive_timeout=config.server.read_timeout_s)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, config.server.host, config.server.admin_port,
+                               reuse_port=reuse_port or None)
+            await site.start()
+            log.info("serving /metrics on http://%s:%d", config.server.host,
+                     config.server.admin_port)
+            yield
+        finally:
+            await runner.cleanup()
+
+    return admin
