@@ -5,7 +5,7 @@ Sources, lowest precedence first:
 1. the defaults below (the same as the shipped config.toml, which documents every key);
 2. the TOML file given to `load_config` (None: defaults only);
 3. `GW_<SECTION>_<KEY>` environment overrides, for any key of [server], [upstream], [cache],
-   [sandbox], [auth], [limits], [audit], parsed to the key's type (bools: 1/true/yes/on,
+   [sandbox], [auth], [limits], [audit], [ui], parsed to the key's type (bools: 1/true/yes/on,
    0/false/no/off; lists: comma-separated, e.g. GW_AUTH_OPERATORS="alice,bob");
 4. secrets, only ever from the environment: ABCONNECT_USERNAME, ABCONNECT_PASSWORD,
    ABC_CLIENT_ID, ABC_CLIENT_SECRET (`credentials`), GW_API_KEYS (`api_keys`: name, key and
@@ -40,7 +40,7 @@ from gateway.upstream.identity import Credentials
 __all__ = [
     "MIN_KEY_LENGTH", "ApiKey", "AuditConfig", "AuthConfig", "CacheConfig", "Config",
     "ConfigError", "Credentials", "LimitsConfig", "SandboxConfig", "ServerConfig",
-    "UpstreamConfig", "is_loopback", "load_config", "parse_api_keys", "token_issuer",
+    "UiConfig", "UpstreamConfig", "is_loopback", "load_config", "parse_api_keys", "token_issuer",
 ]
 
 MIN_KEY_LENGTH = 16  # an API key shorter than this is guessable: refused at start-up
@@ -209,6 +209,15 @@ class AuditConfig:
     path: Annotated[_Str, Field(min_length=1)] = "audit.log"
 
 
+@_section
+class UiConfig:
+    """The operator screen. A value above a bound (or a quantity of 0) is saved only after
+    the operator confirms it."""
+
+    max_quantity: Annotated[_Int, Field(ge=1)] = 10000
+    max_weight_lb: _Positive = 10000.0
+
+
 _SECTIONS: dict[str, type] = {
     "server": ServerConfig,
     "upstream": UpstreamConfig,
@@ -217,6 +226,7 @@ _SECTIONS: dict[str, type] = {
     "auth": AuthConfig,
     "limits": LimitsConfig,
     "audit": AuditConfig,
+    "ui": UiConfig,
 }
 
 
@@ -242,6 +252,7 @@ class Config(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
     credentials: Credentials = Field(default_factory=lambda: Credentials("", ""), repr=False)
     # name -> key and scope. Names appear in logs; keys, like every secret here, never do.
     api_keys: Mapping[str, ApiKey] = Field(default_factory=dict, repr=False)

@@ -117,6 +117,11 @@ class LotBatch:
         """Of the oldest part, for the Age header of a STALE answer."""
         return max((lk.age_s for lk in self.parts), default=None)
 
+    @property
+    def fallback(self) -> bool:
+        """Some part is the last good copy, served because its fetch failed."""
+        return any(lk.fallback for lk in self.parts)
+
 
 @dataclass(frozen=True)
 class EventPage(LotBatch):
@@ -150,8 +155,10 @@ class Reads:
 
     # --- single resources (drop-in mirror) ---------------------------------------------
 
-    async def resource(self, resource: str, ident: int) -> Lookup:
-        """GET /api/{resource}/{ident} through the cache."""
+    async def resource(self, resource: str, ident: int, *, fresh: bool = False) -> Lookup:
+        """GET /api/{resource}/{ident} through the cache; `fresh`: a forced refresh from
+        upstream (Cache.get's contract: coalesced, never older than a save, the last good
+        copy served if the upstream fails)."""
         path, endpoint = f"/api/{resource}/{ident}", f"/api/{resource}/{{id}}"
         key = keys.one(resource, ident)
 
@@ -161,13 +168,19 @@ class Reads:
             except NotFound:
                 raise NotFound(f"{resource} {ident} does not exist") from None
 
-        return await self._cache.get(key, fetch)
+        return await self._cache.get(key, fetch, fresh=fresh)
 
-    async def lot(self, lot_id: int) -> Lookup:
-        return await self.resource("Lot", lot_id)
+    async def lot(self, lot_id: int, *, fresh: bool = False) -> Lookup:
+        return await self.resource("Lot", lot_id, fresh=fresh)
 
-    async def catalog(self, catalog_id: int) -> Lookup:
-        return await self.resource("Catalog", catalog_id)
+    async def lot_count(self, catalog_id: int) -> int:
+        """How many lots an event has (its catalog, through the cache: this also warms it
+        for the event's first page)."""
+        catalog = await self.catalog(catalog_id)
+        return len(catalog.entry.derive("lot_ids", _catalog_lot_ids))
+
+    async def catalog(self, catalog_id: int, *, fresh: bool = False) -> Lookup:
+        return await self.resource("Catalog", catalog_id, fresh=fresh)
 
     async def seller(self, seller_id: int) -> Lookup:
         return await self.resource("Seller", seller_id)
@@ -198,13 +211,17 @@ class Reads:
         outcomes = await asyncio.gather(*(self._lot_outcome(i) for i in lot_ids))
         return LotBatch(lots=list(outcomes), elapsed_s=time.perf_counter() - start)
 
-    async def event_page(self, catalog_id: int, page: int, page_size: int) -> EventPage:
-        """Two round trips when cold: the catalog (for its lot ids), then the page's lots."""
+    async def event_page(
+        self, catalog_id: int, page: int, page_size: int, *, fresh: bool = False
+    ) -> EventPage:
+        """Two round trips when cold: the catalog (for its lot ids), then the page's lots.
+        `fresh`: the catalog and the page's lots refreshed from upstream (two round trips)."""
         start = time.perf_counter()
-        catalog = await self.catalog(catalog_id)
+        catalog = await self.catalog(catalog_id, fresh=fresh)
         lot_ids = catalog.entry.derive("lot_ids", _catalog_lot_ids)
         paging = Paging(page, page_size, len(lot_ids))
-        outcomes = await asyncio.gather(*(self._lot_outcome(i) for i in paging.window(lot_ids)))
+        outcomes = await asyncio.gather(
+            *(self._lot_outcome(i, fresh=fresh) for i in paging.window(lot_ids)))
         return EventPage(
             lots=list(outcomes), elapsed_s=time.perf_counter() - start,
             catalog=catalog, paging=paging,
@@ -250,9 +267,9 @@ class Reads:
                    "items": list(paging.window(events)), **paging.envelope()}
         return View(payload, seller.result.header, seller.age_s)
 
-    async def _lot_outcome(self, lot_id: int) -> LotOutcome:
+    async def _lot_outcome(self, lot_id: int, *, fresh: bool = False) -> LotOutcome:
         try:
-            return LotOutcome(lot_id, lookup=await self.lot(lot_id))
+            return LotOutcome(lot_id, lookup=await self.lot(lot_id, fresh=fresh))
         except GatewayError as exc:
             return LotOutcome(lot_id, error=exc)
 

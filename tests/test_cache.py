@@ -273,3 +273,100 @@ async def test_keyed_locks_serialise_one_key_leave_others_free_and_clean_up(spaw
     assert overlaps == 0
     assert [n for key, n in order if key == "a"] == [0, 1, 2]  # in arrival order
     assert len(locks) == 0  # nothing kept for keys nobody holds
+
+
+# --- forced refresh (get(..., fresh=True)) --------------------------------------------------
+
+
+class Gated:
+    """A fetch per call: each waits for its own gate and returns the body it was made with."""
+
+    def __init__(self) -> None:
+        self.calls: list[asyncio.Event] = []
+
+    def fetch(self, body: bytes) -> Callable[[], Awaitable[bytes]]:
+        async def call() -> bytes:
+            gate = asyncio.Event()
+            self.calls.append(gate)
+            await gate.wait()
+            return body
+
+        return call
+
+
+async def test_a_forced_refresh_replaces_a_fresh_entry_and_concurrent_ones_share_a_call(
+    spawn,
+) -> None:
+    """Mutation seen to fail it: in Cache.get, serve a fresh entry even when `fresh`
+    (`if entry is not None and self._fresh(...)`)."""
+    cache, up = make_cache(), FakeUpstream()
+    up.release()
+    await done(cache.get(("lot", 1), up.fetch))
+    up.body, up.gate = b"v2", asyncio.Event()
+    refreshes = [spawn(cache.get(("lot", 1), up.fetch, fresh=True)) for _ in range(3)]
+    plain = spawn(cache.get(("lot", 1), up.fetch))  # a fresh entry: still a hit meanwhile
+    await settle()
+    assert up.calls == 2, "three refreshes at once make one upstream call"
+    assert (await done(plain)).entry.body == b"v1"
+    up.release()
+    lookups = await done(asyncio.gather(*refreshes))
+    assert [lk.entry.body for lk in lookups] == [b"v2"] * 3
+    assert sorted(lk.result for lk in lookups).count(Result.COALESCED) == 2
+    hit = await done(cache.get(("lot", 1), up.fetch))
+    assert hit.result is Result.HIT and hit.entry.body == b"v2" and up.calls == 2
+
+
+async def test_a_forced_refresh_does_not_join_nor_lose_to_an_older_plain_fetch(spawn) -> None:
+    """A plain fetch running when the refresh is asked may have read the upstream before
+    the change the operator wants to see: the refresh makes its own call, and the plain
+    fetch, finishing last, does not write over it.
+
+    Mutation seen to fail it: in SingleFlight.do, join any running call
+    (`if False and renew ...`)."""
+    cache, gated = make_cache(), Gated()
+    plain = spawn(cache.get(("lot", 2), gated.fetch(b"old")))
+    await settle()
+    refresh = spawn(cache.get(("lot", 2), gated.fetch(b"new"), fresh=True))
+    joiner = spawn(cache.get(("lot", 2), gated.fetch(b"other")))  # joins the refresh
+    await settle()
+    assert len(gated.calls) == 2
+    old_gate, new_gate = gated.calls
+    new_gate.set()
+    assert (await done(refresh)).entry.body == b"new"
+    assert (await done(joiner)).entry.body == b"new"
+    old_gate.set()
+    assert (await done(plain)).entry.body == b"old"  # it asked first: it may see old data
+    assert cache.peek(("lot", 2)).body == b"new"
+
+
+async def test_a_save_during_a_forced_refresh_keeps_its_result_out(spawn) -> None:
+    """Mutation seen to fail it: in SingleFlight._run, keep a forced call's value even once
+    forgotten (`if not call.forgotten or call.renewed:`)."""
+    cache, up = make_cache(), FakeUpstream()
+    up.release()
+    await done(cache.get(("lot", 3), up.fetch))
+    up.gate = asyncio.Event()
+    refresh = spawn(cache.get(("lot", 3), up.fetch, fresh=True))
+    await settle()
+    up.body = b"saved"
+    await cache.invalidate(("lot", 3))
+    up.release()
+    assert (await done(refresh)).entry.body == b"v1"  # read before the save
+    assert cache.peek(("lot", 3)) is None
+    after = await done(cache.get(("lot", 3), up.fetch))
+    assert after.result is Result.MISS and after.entry.body == b"saved"
+
+
+async def test_a_failed_forced_refresh_serves_the_last_good_entry_marked(spawn) -> None:
+    """Mutation seen to fail it: in Cache.get's error branch, drop `fallback=True`."""
+    cache, up = make_cache(serve_stale_on=lambda exc: True, stale_if_error_s=3600), \
+        FakeUpstream()
+    up.release()
+    first = await done(cache.get(("lot", 4), up.fetch))
+    assert not first.fallback
+    up.error = ConnectionError("upstream down")
+    stale = await done(cache.get(("lot", 4), up.fetch, fresh=True))
+    assert stale.result is Result.STALE and stale.fallback and stale.entry.body == b"v1"
+    await cache.invalidate(("lot", 4))  # a save: the old entry is known to be out of date
+    with pytest.raises(ConnectionError):
+        await done(cache.get(("lot", 4), up.fetch, fresh=True))

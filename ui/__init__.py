@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from markupsafe import Markup, escape
 
 from gateway.routes import Handler
 from ui import session, views
@@ -17,6 +18,18 @@ from ui.lots import TABLE_FIELDS, TEXT_FIELDS, UNITS
 
 HERE = Path(__file__).resolve().parent
 HTMX = "htmx-2.0.11.min.js"  # vendored from the npm package htmx.org, with htmx.LICENSE
+
+# The packing field is ABConnect's `cpack`, "container pack ID": a code of its CPackType
+# list, which the Catalog API does not publish. The legend says what the field is and
+# reads the codes seen in the data; the wording of each code is ours, to be confirmed by
+# operations, and lives here only.
+PACKING_INTRO = ("Packing is ABConnect's container pack code (its CPackType list), which "
+                 "decides how a lot is packed for shipping.")
+PACKING_CODES = {
+    "1–4": "container pack type 1 to 4, as ABConnect's CPackType list numbers them",
+    "PBOX": "packed box",
+    "CRATE": "crate",
+}
 
 
 def add_routes(app: web.Application) -> None:
@@ -34,15 +47,17 @@ def add_routes(app: web.Application) -> None:
     )
     env.globals.update(
         TABLE_FIELDS=TABLE_FIELDS, TEXT_FIELDS=TEXT_FIELDS, UNITS=UNITS, HTMX=HTMX,
+        PACKING_CODES=PACKING_CODES, PACKING_INTRO=PACKING_INTRO,
         asset=functools.cache(lambda name: str(static.url_for(filename=name))),
     )
-    env.filters.update(when=when, ms=milliseconds)
+    env.filters.update(when=when, num=grouped)
     routes = [
         ("GET", "/", views.page),
         ("GET", "/ui/panels/sellers", views.sellers_fragment),
         ("GET", "/ui/panels/events", views.events_fragment),
         ("GET", "/ui/panels/lots", views.lots_fragment),
         ("GET", "/ui/lots/{id}", views.lot_dialog),
+        ("GET", "/ui/events/{id}/lot-count", views.event_lot_count),
         ("POST", "/ui/lots/{id}/override", views.save_field),
         ("GET", "/sign-in", session.sign_in_page),
         ("POST", "/sign-in", session.sign_in),
@@ -63,14 +78,21 @@ def _scoped(handler: Handler) -> Handler:
     return ui_route
 
 
-def when(text: Any) -> str:
-    """An upstream ISO timestamp as '3 Dec 2026 15:00' (as given when it does not parse)."""
+def when(text: Any) -> Markup:
+    """An upstream ISO timestamp as `<time datetime="…Z">3 Dec 2026, 15:00 UTC</time>` (as
+    given when it does not parse). A time without a zone is UTC, as the upstream writes them;
+    ui.js shows it in the operator's own zone, with the zone's name."""
     try:
         moment = datetime.fromisoformat(str(text))
     except ValueError:
-        return str(text or "")
-    return f"{moment.day} {moment:%b %Y %H:%M}"
+        return escape(str(text or ""))
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return Markup('<time datetime="{}" data-when>{} {:%b %Y, %H:%M} UTC</time>').format(
+        moment.strftime("%Y-%m-%dT%H:%M:%SZ"), moment.day, moment)
 
 
-def milliseconds(value: float) -> str:
-    return f"{value:.1f} ms" if value < 10 else f"{value:,.0f} ms"
+def grouped(value: Any) -> str:
+    """A number with thousands separators (12,345); anything else as it is."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) or not value.is_integer() else f"{int(value):,}"

@@ -6,20 +6,27 @@ read tolerantly (camelCase or PascalCase names, missing fields) because they are
 upstream's, not ours.
 
 A form posts strings; `form_changes` turns them into the JSON values
-`gateway.overrides.validate_changes` expects, leaving anything unparseable as the string
-typed so the validation message names the field and shows the value.
+`gateway.overrides.validate_changes` expects, refusing what it cannot read with a message
+that names the column as the operator sees it ("Weight (lb) must be a number, e.g. 12.5").
+Every rendered lot carries the ETag of the body it was rendered from, which the page sends
+back as `If-Match` with each save (a lot changed meanwhile is a conflict, not an overwrite).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway import params
+from gateway.cache import etag_of
+from gateway.config import UiConfig
 from gateway.errors import GatewayError, Unprocessable, UpstreamFailed
-from gateway.overrides import FIELDS, validate_changes
+from gateway.overrides import FIELDS, MAX_TEXT, validate_changes
 from gateway.reads import EventPage, LotOutcome
 
 # Editable in the table, in column order, with their column headings.
@@ -32,6 +39,10 @@ TEXT_FIELDS: dict[str, str] = {
     "description": "Description", "notes": "Notes", "notedConditions": "Noted conditions",
 }
 UNITS = {"l": "in", "w": "in", "h": "in", "wgt": "lb", "value": "$"}
+# Names in messages, where a one-letter heading would not read.
+MESSAGE_LABELS = {"l": "Length", "w": "Width", "h": "Height"}
+# Form fields that are not lot fields: how the save is to be made.
+CONTROLS = ("csrf_token", "confirmed", "reset")
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,18 @@ class FieldView:
     def initial_text(self) -> str:
         return show(self.initial, self.kind)
 
+    @property
+    def form_value(self) -> str:
+        """The effective value as the form posts it ("true"/"false" for a flag)."""
+        if self.kind == "bool":
+            return "" if self.value is None else ("true" if self.value else "false")
+        return self.text
+
+    @property
+    def described(self) -> str:
+        """The column as messages name it, with its unit: "Weight (lb)"."""
+        return described(self.name)
+
 
 @dataclass(frozen=True)
 class LotView:
@@ -67,18 +90,19 @@ class LotView:
     fields: dict[str, FieldView]
     images: list[str]
     lot_numbers: dict[int, str]  # catalog id -> lot number
+    etag: str = ""  # of the body this view was read from: the page's If-Match on saves
 
     @classmethod
     def from_body(cls, body: bytes) -> LotView:
         """502 (UpstreamFailed) when the body is not a readable LotDto."""
         try:
             lot = json.loads(body)
-            return cls._from_json(lot)
+            return cls._from_json(lot, etag_of(body))
         except (ValueError, TypeError, KeyError, AttributeError):
             raise UpstreamFailed("the upstream lot is not readable") from None
 
     @classmethod
-    def _from_json(cls, lot: dict[str, Any]) -> LotView:
+    def _from_json(cls, lot: dict[str, Any], etag: str = "") -> LotView:
         initial = _lower_keys(lot.get("initialData"))
         overrides = lot.get("overridenData") or []
         override = _lower_keys(overrides[0] if overrides else None)
@@ -95,7 +119,7 @@ class LotView:
                   if isinstance(i, dict) and i.get("link")]
         numbers = {int(c["catalogId"]): str(c.get("lotNumber", ""))
                    for c in lot.get("catalogs") or [] if isinstance(c, dict) and "catalogId" in c}
-        return cls(lot_id, str(lot.get("customerItemId") or ""), fields, images, numbers)
+        return cls(lot_id, str(lot.get("customerItemId") or ""), fields, images, numbers, etag)
 
     @property
     def description(self) -> FieldView:
@@ -129,20 +153,33 @@ class LotsView:
     event: dict[str, Any]
     rows: list[LotRow]
     paging: dict[str, Any]
-    elapsed_ms: float
-    from_cache: int
-    catalog_cached: bool
+    # Freshness of the page's data: its oldest part (the catalog or a lot), and whether
+    # some part is the last good copy because the upstream failed.
+    age_s: float
+    fetched_at: datetime
+    stale: bool
 
     @classmethod
     def from_page(cls, page: EventPage) -> LotsView:
         catalog = json.loads(page.catalog.entry.body)
         numbers = {int(e["id"]): str(e.get("lotNumber", "")) for e in catalog.get("lots") or []}
         rows = [_row(numbers.get(o.lot_id, ""), o) for o in page.lots]
+        age_s = max(page.age_s or 0.0, 0.0)
         return cls(
             event={k: v for k, v in catalog.items() if k not in ("lots", "sellers")},
-            rows=rows, paging=page.paging.envelope(), elapsed_ms=page.elapsed_s * 1000,
-            from_cache=page.from_cache, catalog_cached=page.catalog.result.header != "MISS",
+            rows=rows, paging=page.paging.envelope(), age_s=age_s,
+            fetched_at=datetime.now(UTC) - timedelta(seconds=age_s), stale=page.fallback,
         )
+
+    @property
+    def age_text(self) -> str:
+        """How old the data is, in words: "just now", "4 min ago", "3 h ago"."""
+        minutes = int(self.age_s // 60)
+        if minutes < 1:
+            return "just now"
+        if minutes < 120:
+            return f"{minutes} min ago"
+        return f"{minutes // 60} h ago"
 
     @property
     def available(self) -> int:
@@ -178,38 +215,114 @@ def show(value: Any, kind: str) -> str:
     return str(value)
 
 
-def form_changes(form: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """One posted field -> (its name, validated changes). 422 naming the field otherwise.
+def described(name: str) -> str:
+    """A field as messages name it: its column label and unit, "Weight (lb)"."""
+    label = MESSAGE_LABELS.get(name) or TABLE_FIELDS.get(name) or TEXT_FIELDS.get(name) or name
+    return f"{label} ({UNITS[name]})" if name in UNITS else label
 
-    An empty value removes the override (back to the value as received). Numbers are
-    parsed from the text typed; booleans come as "true"/"false" (or a checkbox's "on").
+
+def form_changes(form: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """One posted field -> (its name, validated changes). 422 naming the column otherwise.
+
+    An empty number removes the override (back to the value as received); an empty text is
+    saved as an empty override, and `reset=1` removes a field's override whatever its kind.
+    Numbers are plain decimals ("12.5", or "12,5" with a decimal comma); exponents ("1e3")
+    and thousands separators are refused. Flags come as "true"/"false" (or "on").
     """
-    posted = {k: v for k, v in form.items() if k != "csrf_token"}
+    posted = {k: v for k, v in form.items() if k not in CONTROLS}
     if len(posted) != 1:
         raise Unprocessable("send exactly one field per save")
     [(name, text)] = posted.items()
     if not isinstance(text, str):
-        raise Unprocessable(f"{name} must be text")
+        raise Unprocessable(f"{described(name)} must be text")
+    if form.get("reset") == "1" and name in FIELDS:
+        return name, validate_changes({name: None})
     kind = FIELDS[name][0] if name in FIELDS else "text"
-    return name, validate_changes({name: _parse(text, kind)})
+    return name, validate_changes({name: _parse(text, kind, name)})
 
 
-def _parse(text: str, kind: str) -> Any:
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+_COMMA_DECIMAL = re.compile(r"([+-]?[0-9]*),([0-9]+)")
+
+
+def _parse(text: str, kind: str, name: str) -> Any:
+    label = described(name)
     if kind == "text":
-        return text if text.strip() else None
+        if len(text) > MAX_TEXT:
+            raise Unprocessable(f"{label} is longer than {MAX_TEXT:,} characters")
+        return text  # "" is an empty override; removing one is reset=1
     text = text.strip()
     if not text:
         return None
-    if not text.isascii():  # int() and float() would read "١٠" as 10
-        return text
     if kind == "bool":
         try:
-            return params.parse_bool(kind, text)
+            if not text.isascii():
+                raise params.InvalidParam(name, text, "true or false")
+            return params.parse_bool(name, text)
         except params.InvalidParam:
-            return text
-    if params.INTEGER.fullmatch(text):
-        return int(text)
-    try:
-        return float(text)
-    except ValueError:
-        return text
+            raise Unprocessable(f"{label} must be Yes or No") from None
+    example = "a whole number, e.g. 3" if kind == "int" else "a number, e.g. 12.5"
+    comma = _COMMA_DECIMAL.fullmatch(text)
+    if comma and len(comma.group(2)) == 3:  # "1,000": a thousands separator, or 1.0?
+        raise Unprocessable(f"{label} must be {example}, without thousands separators")
+    if comma:
+        text = f"{comma.group(1) or '0'}.{comma.group(2)}"
+    if not _DECIMAL.fullmatch(text) or (kind == "int" and not _WHOLE.fullmatch(text)):
+        raise Unprocessable(f"{label} must be {example}")
+    value: int | float = int(text) if _WHOLE.fullmatch(text) else float(text)
+    if value < 0 and FIELDS[name][1]:
+        raise Unprocessable(f"{label} must not be negative")
+    if abs(value) > 2**31 - 1:
+        raise Unprocessable(f"{label} is too large")
+    return value
+
+
+def implausible(name: str, value: Any, limits: UiConfig) -> str | None:
+    """Why a valid value is unusual enough to ask the operator first (None: it is not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if name == "qty" and value == 0:
+        return "Qty 0 means the lot has no items."
+    bound = {"qty": limits.max_quantity, "wgt": limits.max_weight_lb}.get(name)
+    if bound is not None and value > bound:
+        return f"{described(name)} {show(value, 'number')} is more than {bound:,g}."
+    return None
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A save refused because the lot changed since the page read it."""
+
+    mine: str  # what this operator typed (as posted)
+    by: str | None = None  # who saved the current value, when this process saw it
+    at: str | None = None  # "14:02 UTC"
+
+
+class RecentSaves:
+    """Who last saved each field of a lot through this process's UI, and when: enough to
+    tell an operator whose save a conflict is with (unknown when it came another way)."""
+
+    def __init__(self, keep: int = 5000) -> None:
+        self._keep = keep
+        self._saves: dict[tuple[int, str], tuple[str, float]] = {}
+
+    def saved(self, lot_id: int, names: list[str], actor: str) -> None:
+        now = time.time()
+        for name in names:
+            self._saves.pop((lot_id, name), None)
+            self._saves[(lot_id, name)] = (actor, now)
+        while len(self._saves) > self._keep:
+            del self._saves[next(iter(self._saves))]
+
+    def conflict(self, lot_id: int, name: str, mine: str, actor: str) -> Conflict:
+        seen = self._saves.get((lot_id, name))
+        if seen is None:
+            return Conflict(mine)
+        by, at = seen
+        when = datetime.fromtimestamp(at, UTC).strftime("%H:%M UTC")
+        # Open access names everyone "anonymous": that would not say who it was.
+        return Conflict(mine, None if by in (actor, "anonymous") else by, when)
+
+
+RECENT_SAVES = RecentSaves()

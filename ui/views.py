@@ -11,6 +11,7 @@ operator typed and ui.js shows why.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -22,11 +23,19 @@ from aiohttp import web
 
 from gateway import params
 from gateway.access import audit
-from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.errors import BadRequest, GatewayError, NotFound, PreconditionFailed, Unprocessable
+from gateway.overrides import FIELDS
 from gateway.reads import MAX_PAGE_SIZE, Reads
 from gateway.routes import Handler, other_methods
-from gateway.state import READS, WRITES
-from ui.lots import TABLE_FIELDS, LotsView, LotView, form_changes
+from gateway.state import CONFIG, READS, WRITES
+from ui.lots import (
+    RECENT_SAVES,
+    TABLE_FIELDS,
+    LotsView,
+    LotView,
+    form_changes,
+    implausible,
+)
 from ui.session import current, page_context, require_write
 
 log = logging.getLogger(__name__)
@@ -152,12 +161,25 @@ async def events_panel(reads: Reads, st: ViewState) -> dict[str, Any]:
     return panel
 
 
-async def lots_panel(reads: Reads, st: ViewState) -> dict[str, Any]:
-    panel: dict[str, Any] = {"st": st, "error": None, "lots": None, "page_sizes": PAGE_SIZES}
+def wants_fresh(request: web.Request) -> bool:
+    """The lots panel is to be read fresh from upstream: its Refresh button (`refresh=1`),
+    or a hard reload (the browser sends `Cache-Control: no-cache` / `Pragma: no-cache`)."""
+    directives = {d.strip().lower() for d in request.headers.get("Cache-Control", "").split(",")}
+    return (request.query.get("refresh") == "1" or "no-cache" in directives
+            or request.headers.get("Pragma", "").strip().lower() == "no-cache")
+
+
+async def lots_panel(reads: Reads, st: ViewState, fresh: bool = False) -> dict[str, Any]:
+    """`fresh`: the event's catalog and the page's lots refreshed from upstream (coalesced
+    with other refreshes; the last good copy, marked stale, if the upstream fails)."""
+    fragment = st.fragment("lots")
+    panel: dict[str, Any] = {"st": st, "error": None, "lots": None, "page_sizes": PAGE_SIZES,
+                             "refresh_url": fragment + ("&" if "?" in fragment else "?")
+                             + "refresh=1"}
     if st.event is not None:
         try:
             panel["lots"] = LotsView.from_page(
-                await reads.event_page(st.event, st.page, st.page_size)
+                await reads.event_page(st.event, st.page, st.page_size, fresh=fresh)
             )
         except GatewayError as exc:
             panel["error"] = exc
@@ -185,11 +207,42 @@ async def page(request: web.Request) -> web.Response:
     """GET / : the three panels as the query says (a deep link, a reload, back/forward)."""
     st = ViewState.parse(request.query)
     reads = request.app[READS]
-    sellers, events, lots = await asyncio.gather(
-        sellers_panel(reads, st), events_panel(reads, st), lots_panel(reads, st)
+    sellers, events, lots, owner = await asyncio.gather(
+        sellers_panel(reads, st), events_panel(reads, st),
+        lots_panel(reads, st, wants_fresh(request)),
+        event_owner(reads, st),
     )
-    return render(request, "page.html",
-                  {"st": st, "sellers": sellers, "events": events, "lots": lots, "oob": False})
+    moved, asked = None, st
+    if owner is not None and owner["id"] != st.seller:
+        # The event is another seller's (or the link names none): show the event's seller,
+        # and say so when the link named a different one.
+        if st.seller is not None:
+            moved = {"event": st.event, "asked": st.seller, "name": owner["name"]}
+        st = st.with_(seller=owner["id"], past=st.past or owner["past"], epage=1)
+        events = await events_panel(reads, st)
+        lots = {**lots, "st": st}
+    show = "lots" if st.event is not None else "events" if st.seller is not None else "sellers"
+    return render(request, "page.html", {
+        "st": st, "sellers": sellers, "events": events, "lots": lots, "oob": False,
+        "show": show, "moved": moved, "canonical": st.url() if st != asked else None,
+    })
+
+
+async def event_owner(reads: Reads, st: ViewState) -> dict[str, Any] | None:
+    """The seller of the deep link's event when it is not the link's seller (None when it is,
+    or when the event cannot be read: the lots panel then says why)."""
+    if st.event is None:
+        return None
+    try:
+        catalog = json.loads((await reads.catalog(st.event)).entry.body)
+    except (GatewayError, ValueError):
+        return None
+    owners = [s for s in catalog.get("sellers") or [] if isinstance(s, dict) and "id" in s]
+    if not owners or any(s["id"] == st.seller for s in owners):
+        return None
+    owner = owners[0]
+    return {"id": int(owner["id"]), "name": owner.get("name") or f"seller #{owner['id']}",
+            "past": bool(catalog.get("isCompleted"))}
 
 
 async def sellers_fragment(request: web.Request) -> web.Response:
@@ -209,7 +262,23 @@ async def lots_fragment(request: web.Request) -> web.Response:
     st = ViewState.for_panel(request, "lots")
     if st.event is None:
         raise BadRequest("event is required")
-    return render_panel(request, "_lots.html", await lots_panel(request.app[READS], st))
+    fresh = wants_fresh(request)
+    panel = await lots_panel(request.app[READS], st, fresh)
+    # A refresh shows the same view again: no new history entry.
+    return render_panel(request, "_lots.html", panel, history="Replace" if fresh else "Push")
+
+
+async def event_lot_count(request: web.Request) -> web.Response:
+    """An event's lot count for its line in the events panel, loaded after the list (the
+    seller's embedded events carry no lots): "25 lots", or nothing if it cannot be read."""
+    catalog_id = LOT_ID.read(request.match_info)
+    try:
+        count = await request.app[READS].lot_count(catalog_id)
+    except GatewayError:
+        return web.Response(text="", content_type="text/html")
+    text = f"{count:,} lot{'' if count == 1 else 's'}"
+    return web.Response(text=f'<span class="lot-count"> · {text}</span>',
+                        content_type="text/html")
 
 
 async def lot_dialog(request: web.Request) -> web.Response:
@@ -224,22 +293,48 @@ async def lot_dialog(request: web.Request) -> web.Response:
 
 async def save_field(request: web.Request) -> web.Response:
     """POST /ui/lots/{id}/override with one field: the saved field, re-rendered. A read-only
-    session gets 403 and nothing is written; every save, refused or not, is audited."""
+    session gets 403 and nothing is written; every save, refused or not, is audited.
+
+    The page sends the ETag of the lot it shows as If-Match: if the lot changed since, 412
+    with the field rendered in conflict (the current value and the one typed; nothing is
+    written). An unusual value (ui.max_quantity, ...) is 422 asking for confirmation
+    (X-Confirm) unless the form says `confirmed=1`.
+    """
     lot_id = LOT_ID.read(request.match_info)
-    session, changes = current(request), {}
+    session, changes, name, form = current(request), {}, "", {}
     try:
         require_write(session)
-        name, changes = form_changes(await request.post())
-        saved = await request.app[WRITES].save_override(lot_id, changes, actor=session.actor)
+        form = await request.post()
+        name, changes = form_changes(form)
+        question = implausible(name, changes[name], request.app[CONFIG].ui)
+        if question and form.get("confirmed") != "1":
+            return refusal(Unprocessable(question + " Save it anyway?"), confirm=True)
+        saved = await request.app[WRITES].save_override(
+            lot_id, changes, actor=session.actor, if_match=request.headers.get("If-Match"))
     except GatewayError as exc:
         await audit_save(request, lot_id, SAVE_OUTCOMES.get(exc.status, "upstream_error"),
                          requested=changes)
-        return refusal(exc)
+        if not isinstance(exc, PreconditionFailed) or name not in FIELDS:
+            return refusal(exc)
+        # Conflict: show the lot as it is now beside what was typed; the operator chooses.
+        lot = LotView.from_body((await request.app[READS].lot(lot_id, fresh=True)).entry.body)
+        mine = form.get(name)
+        conflict = RECENT_SAVES.conflict(lot_id, name, mine if isinstance(mine, str) else "",
+                                         session.actor)
+        template = "_field_cell.html" if name in TABLE_FIELDS else "_field_text.html"
+        response = render(request, template, {"lot": lot, "field": lot.fields[name],
+                                              "saved": False, "conflict": conflict}, 412)
+        response.headers["X-Lot-ETag"] = lot.etag
+        return response
     await audit_save(request, lot_id, "ok" if saved.changes else "unchanged",
                      changes={c.field: [c.old, c.new] for c in saved.changes})
+    RECENT_SAVES.saved(lot_id, [c.field for c in saved.changes], session.actor)
     lot = LotView.from_body(saved.body)
     template = "_field_cell.html" if name in TABLE_FIELDS else "_field_text.html"
-    return render(request, template, {"lot": lot, "field": lot.fields[name], "saved": True})
+    response = render(request, template, {"lot": lot, "field": lot.fields[name],
+                                          "saved": True, "conflict": None})
+    response.headers["X-Lot-ETag"] = lot.etag
+    return response
 
 
 # A refused save's audit outcome, by status; anything else is the upstream's failure.
@@ -262,10 +357,13 @@ async def no_such_page(request: web.Request) -> web.Response:
     raise NotFound("no such page")
 
 
-def refusal(exc: GatewayError) -> web.Response:
-    """A refused write: the reason as text, and no swap (what was typed stays)."""
-    return web.Response(status=exc.status, text=exc.detail,
-                        headers={"HX-Reswap": "none", "Cache-Control": "no-store"})
+def refusal(exc: GatewayError, *, confirm: bool = False) -> web.Response:
+    """A refused write: the reason as text, and no swap (what was typed stays). `confirm`:
+    the value is valid but unusual; the page asks, and sends it again with confirmed=1."""
+    headers = {"HX-Reswap": "none", "Cache-Control": "no-store"}
+    if confirm:
+        headers["X-Confirm"] = "1"
+    return web.Response(status=exc.status, text=exc.detail, headers=headers)
 
 
 # --- errors and headers --------------------------------------------------------------------

@@ -18,6 +18,19 @@ once.
 
 Errors raised by a fetch reach every caller of that fetch and are stored only when
 `negative_ttl` says so (an upstream 404, briefly), never served stale.
+
+A forced refresh (`get(key, fetch, fresh=True)`, an operator asking for fresh data) skips
+the hit and stale-while-revalidate branches and always fetches:
+- its result replaces the entry (here and, with Redis, in the tier, where the other
+  replicas read it once their own copy expires), as any fetch's would;
+- concurrent forced refreshes of one key share one call, which plain reads join too; a
+  plain fetch already running is detached (it may have begun before the data being
+  replaced was stored), so it can no longer write over the refreshed entry;
+- generations apply as to any fetch: an invalidation (a save) during the refresh detaches
+  it, so it never stores a value older than the save;
+- if it fails with an error `serve_stale_on` accepts, the entry it was to replace is
+  served instead (`Lookup.fallback`), within stale_if_error_s of its expiry, unless the key
+  was invalidated meanwhile.
 """
 
 from __future__ import annotations
@@ -60,6 +73,9 @@ class Lookup:
     entry: Entry
     result: Result
     age_s: float = 0.0  # seconds since the entry was fetched, at lookup time
+    # Served from the last good entry because the fetch for it failed (stale-if-error),
+    # not merely expired (stale-while-revalidate).
+    fallback: bool = False
 
 
 class CacheObserver:
@@ -105,8 +121,11 @@ class Cache:
         self._observer = observer or CacheObserver()
         self._clock = clock
 
-    async def get(self, key: Key, fetch: Callable[[], Awaitable[bytes]]) -> Lookup:
-        """The entry for `key`, calling `fetch()` for its body only when needed."""
+    async def get(
+        self, key: Key, fetch: Callable[[], Awaitable[bytes]], *, fresh: bool = False
+    ) -> Lookup:
+        """The entry for `key`, calling `fetch()` for its body only when needed; with
+        `fresh`, always (a forced refresh: see the module docstring)."""
         kind = key[0]
         generation = await self.tier.generation(key)
         now = self._clock()
@@ -114,23 +133,24 @@ class Cache:
         if entry is not None and generation is not None and entry.generation != generation:
             self.store.pop(key)  # invalidated by a replica, or kept while Redis was away
             entry = None
-        if entry is not None and self._fresh(entry, now, generation):
+        if not fresh and entry is not None and self._fresh(entry, now, generation):
             self._observer.lookup(kind, Result.HIT)
             if entry.error is not None:
                 raise entry.error.with_traceback(None)
             return Lookup(entry, Result.HIT, now - entry.stored_at)
 
         flight = (key, generation)
-        fetch_entry = self._fetcher(key, generation, fetch)
+        fetch_entry = self._fetcher(key, generation, fetch, fresh)
         usable = entry if entry is not None and entry.error is None else None
-        if usable is not None and now < usable.expires_at + self._swr_s:
+        if not fresh and usable is not None and now < usable.expires_at + self._swr_s:
             self._flights.start(flight, fetch_entry, self._keeper(key))
             self._observer.lookup(kind, Result.STALE)
             return Lookup(usable, Result.STALE, now - usable.stored_at)
 
         joined = self._flights.running(flight)
         try:
-            fetched, joined = await self._flights.do(flight, fetch_entry, self._keeper(key))
+            fetched, joined = await self._flights.do(flight, fetch_entry, self._keeper(key),
+                                                     renew=fresh)
         except Exception as exc:
             # The last good answer stands in for a failing upstream -- unless the key was
             # invalidated meanwhile (then that answer is known to be out of date).
@@ -141,7 +161,8 @@ class Cache:
                 and self.store.get(key) is usable
             ):
                 self._observer.lookup(kind, Result.STALE)
-                return Lookup(usable, Result.STALE, self._clock() - usable.stored_at)
+                return Lookup(usable, Result.STALE, self._clock() - usable.stored_at,
+                              fallback=True)
             self._observer.lookup(kind, Result.COALESCED if joined else Result.MISS)
             raise
         result = (Result.COALESCED if joined
@@ -157,11 +178,12 @@ class Cache:
         return entry.fresh(now)
 
     def _fetcher(
-        self, key: Key, generation: Generation | None, fetch: Callable[[], Awaitable[bytes]]
+        self, key: Key, generation: Generation | None, fetch: Callable[[], Awaitable[bytes]],
+        fresh: bool = False,
     ) -> Callable[[], Awaitable[Entry]]:
         async def fetch_entry() -> Entry:
             try:
-                fetched = await self.tier.fetch(key, generation, fetch)
+                fetched = await self.tier.fetch(key, generation, fetch, fresh=fresh)
             except Exception as exc:
                 remember = self._negative_ttl(exc)
                 if not remember:

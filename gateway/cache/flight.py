@@ -11,6 +11,9 @@ Contract (after Go's singleflight):
   there is no moment where the call has finished but its result is not yet stored.
 - `forget(key)` detaches the running call: callers already waiting still get its result
   (they asked before the forget), later callers start a fresh call.
+- `do(..., renew=True)` (a forced refresh) joins only a call that was itself started
+  with `renew`: any other running call is forgotten (it may have begun before the data
+  the caller wants replaced) and a new one started, which later callers join.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ V = TypeVar("V")
 
 
 class _Call(Generic[V]):
-    __slots__ = ("forgotten", "task")
+    __slots__ = ("forgotten", "renewed", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, renewed: bool = False) -> None:
+        # Started by a forced refresh (do(..., renew=True)).
+        self.renewed = renewed
         # Set once, right after creation, before any other coroutine can see the call.
         self.task: asyncio.Task[V]
         # Set by forget() only; read by the call's own task before keep(). Both run on the
@@ -50,19 +55,27 @@ class SingleFlight(Generic[K, V]):
         return list(self._calls)
 
     async def do(
-        self, key: K, fn: Callable[[], Awaitable[V]], keep: Callable[[V], None]
+        self, key: K, fn: Callable[[], Awaitable[V]], keep: Callable[[V], None],
+        *, renew: bool = False,
     ) -> tuple[V, bool]:
-        """(value, joined): joined is True when this caller joined a call already running."""
+        """(value, joined): joined is True when this caller joined a call already running.
+        renew: join only a call started with renew too (see the module docstring)."""
+        running = self._calls.get(key)
+        if renew and running is not None and not running.renewed:
+            self.forget(key)
         joined = key in self._calls
-        self.start(key, fn, keep)
+        self.start(key, fn, keep, renew=renew)
         return await asyncio.shield(self._calls[key].task), joined
 
-    def start(self, key: K, fn: Callable[[], Awaitable[V]], keep: Callable[[V], None]) -> None:
+    def start(
+        self, key: K, fn: Callable[[], Awaitable[V]], keep: Callable[[V], None],
+        *, renew: bool = False,
+    ) -> None:
         """Begin a call for `key` in the background unless one is running; nobody awaits
         it (a background refresh). Its value lands through keep(), its error is dropped."""
         if key in self._calls:
             return
-        call = _Call[V]()
+        call = _Call[V](renew)
         call.task = asyncio.get_running_loop().create_task(self._run(key, call, fn, keep))
         call.task.add_done_callback(_consume_exception)
         self._calls[key] = call

@@ -73,6 +73,10 @@ def redacted(url: str) -> str:
     return f"{scheme}://***@{after}"
 
 
+async def _nothing() -> None:
+    return None
+
+
 class RedisRefused(Exception):
     """Redis is there but refused the credentials in the URL: a configuration error.
     Its message shows the URL without its password."""
@@ -210,15 +214,21 @@ class RedisTier:
 
     # --- values --------------------------------------------------------------------------
 
-    async def fetch(self, key: Key, generation: Generation | None, fetch: Fetch) -> Fetched:
+    async def fetch(
+        self, key: Key, generation: Generation | None, fetch: Fetch, *, fresh: bool = False
+    ) -> Fetched:
         """The body for `key` at `generation`: from Redis if a replica stored it, else from
         upstream by whoever holds the key's fetch lease, the others waiting for it and
-        then reading what it stored. Errors of `fetch()` reach the caller unchanged."""
+        then reading what it stored. Errors of `fetch()` reach the caller unchanged.
+        `fresh` (a forced refresh): always from `fetch()`, under the key's lease like any
+        fetch, and stored over what Redis holds, where the other replicas read it once
+        their own copies expire."""
         if not self.up or generation is None:
             return Fetched(await fetch())
         text = key_text(key)
         lease = self._layout.fetch_lease(text)
-        acquired = await self._leases.acquire(lease, lambda: self._read(text, generation))
+        acquired = await self._leases.acquire(
+            lease, _nothing if fresh else lambda: self._read(text, generation))
         if acquired.found is not None:
             return acquired.found
         if acquired.token is None:  # Redis went away meanwhile
@@ -227,7 +237,7 @@ class RedisTier:
             # The previous holder may have stored it and released the lease between our
             # last look and our taking the lease: look once more before calling upstream.
             try:
-                found = await self._read(text, generation)
+                found = None if fresh else await self._read(text, generation)
             except REDIS_ERRORS as exc:
                 self._down(exc)
                 return Fetched(await fetch())

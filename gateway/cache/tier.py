@@ -6,9 +6,10 @@ The cache asks its tier four things, and depends on nothing else of it (`Tier`):
   on any replica outdates every replica's copy at once, with no message to wait for.
   None means "cannot tell" (the tier is degraded): L1 then serves only entries younger
   than `degraded_ttl_s`.
-- fetch(key, generation, fetch): the body, from the tier if it holds one stored under
-  `generation`, else from `fetch()` (upstream), called once across everyone sharing the
-  tier while they all ask for the same key.
+- fetch(key, generation, fetch, fresh=False): the body, from the tier if it holds one
+  stored under `generation`, else from `fetch()` (upstream), called once across everyone
+  sharing the tier while they all ask for the same key. With `fresh` (a forced refresh)
+  always from `fetch()`, its body then stored as any fetched body is.
 - invalidate(key) / invalidate_kind(kind): outdate the key (or every key of the kind) for
   every process sharing the tier. Returns once that is done: no process serves the old
   value afterwards, unless the tier is degraded (then only this process is sure; the
@@ -67,7 +68,9 @@ class Tier(Protocol):
 
     async def generation(self, key: Key) -> Generation | None: ...
 
-    async def fetch(self, key: Key, generation: Generation | None, fetch: Fetch) -> Fetched:
+    async def fetch(
+        self, key: Key, generation: Generation | None, fetch: Fetch, *, fresh: bool = False
+    ) -> Fetched:
         """Upstream errors raised by `fetch()` reach the caller unchanged."""
         ...
 
@@ -96,7 +99,9 @@ class LocalTier:
     async def generation(self, key: Key) -> Generation | None:
         return 0
 
-    async def fetch(self, key: Key, generation: Generation | None, fetch: Fetch) -> Fetched:
+    async def fetch(
+        self, key: Key, generation: Generation | None, fetch: Fetch, *, fresh: bool = False
+    ) -> Fetched:
         return Fetched(await fetch())
 
     async def invalidate(self, key: Key) -> None:

@@ -212,7 +212,7 @@ def test_editing_a_quantity_saves_an_override_that_survives_a_reload(base, page)
     cell.locator("input").press("Enter")
     expect(cell).to_have_class(re.compile("is-error"))
     expect(cell.locator(".save-msg")).to_be_visible()
-    expect(cell.locator(".save-msg")).to_contain_text("qty must not be negative")
+    expect(cell.locator(".save-msg")).to_contain_text("Qty must not be negative")
     expect(cell.locator("input")).to_have_value("-2")
 
 
@@ -260,6 +260,7 @@ def test_keyboard_enter_on_a_list_item_loads_its_panel(base, page):
     page.locator('#panel-sellers [data-seller-id="101"]').focus()
     page.keyboard.press("Enter")
     expect(page.locator(f'#panel-events [data-event-id="{BIG_EVENT}"]')).to_be_visible()
+    expect(page.locator("#events-heading")).to_be_focused()  # the loaded panel's heading
     page.locator(f'#panel-events [data-event-id="{BIG_EVENT}"]').focus()
     page.keyboard.press("Enter")
     expect(lot_rows(page)).to_have_count(25)
