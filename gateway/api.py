@@ -60,12 +60,25 @@ def cached_response(
     request: web.Request, body: bytes, etag: str, cache: str, age_s: float | None = None
 ) -> web.Response:
     """200 with the body, or 304 when the client already holds this ETag."""
-    headers = {"ETag": etag, "X-Cache": cache, "Cache-Control": "no-cache"}
+    status = cache_status(cache, age_s, request.app[CONFIG].cache.ttl_s)
+    headers = {"ETag": etag, "X-Cache": cache, "Cache-Status": status,
+               "Cache-Control": "no-cache"}
     if age_s is not None and cache == "STALE":
         headers["Age"] = str(int(age_s))
     if etag in etags_in(request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers=headers)
     return web.Response(body=body, headers={**headers, "Content-Type": JSON})
+
+
+def cache_status(cache: str, age_s: float | None, ttl_s: float) -> str:
+    """The X-Cache fact as an RFC 9211 Cache-Status, the header HTTP caches share: a hit
+    with the seconds it stays fresh (of its oldest part), a miss fetched and stored, or a
+    stale answer served while the upstream failed or was being asked again."""
+    if cache == "HIT":
+        return f"catalog-gateway; hit; ttl={max(0, int(ttl_s - (age_s or 0.0)))}"
+    if cache == "STALE":
+        return "catalog-gateway; fwd=stale"
+    return "catalog-gateway; fwd=miss; stored"
 
 
 def lookup_response(request: web.Request, lookup: Lookup) -> web.Response:

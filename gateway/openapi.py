@@ -69,7 +69,7 @@ TAGS = {
     **contract.TAGS,
 }
 
-_CACHE_HEADERS = ("X-Cache", "ETag", "Age", "Cache-Control")
+_CACHE_HEADERS = ("X-Cache", "Cache-Status", "ETag", "Age", "Cache-Control")
 HEADERS: dict[str, dict[str, Any]] = {
     "X-Cache": {"required": True,
                 "description": "HIT when every part came from the cache, MISS when the "
@@ -77,6 +77,11 @@ HEADERS: dict[str, dict[str, Any]] = {
                                "upstream call), STALE when an expired entry was served (the "
                                "upstream failed, or a background call is refreshing it).",
                 "schema": {"type": "string", "enum": ["HIT", "MISS", "STALE"]}},
+    "Cache-Status": {"required": True,
+                     "description": "X-Cache as RFC 9211 says it: `catalog-gateway; hit; "
+                                    "ttl=<seconds still fresh>`, `catalog-gateway; fwd=miss; "
+                                    "stored` or `catalog-gateway; fwd=stale`.",
+                     "schema": {"type": "string", "pattern": "^catalog-gateway; "}},
     "ETag": {"required": True, "description": "Strong ETag of the body.",
              "schema": {"type": "string"}},
     "Age": {"description": "Seconds since the entry was fetched; only on STALE answers.",
