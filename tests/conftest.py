@@ -6,6 +6,7 @@ so the tests exercise the same code path a deployment does.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import time
@@ -87,6 +88,7 @@ async def start_gateway(aiohttp_client, tmp_path: Path) -> AsyncIterator[StartGa
     per-caller rate limit and upstream share are out of the way unless `limits` sets them.
     """
     runners: list[web.AppRunner] = []
+    started = itertools.count(1)  # gateways started by this test: one audit file each
 
     async def start(
         latency_ms: float = 0, jitter_ms: float = 0, *, beside: Gateway | None = None,
@@ -103,8 +105,7 @@ async def start_gateway(aiohttp_client, tmp_path: Path) -> AsyncIterator[StartGa
         # Tests not about limits are not held to them (many send bursts from one address).
         sections["limits"] = {"requests_per_s": 1e6, "burst": 10**6, "upstream_share": 1.0,
                               **sections.get("limits", {})}
-        sections.setdefault("audit", {"path": str(tmp_path / f"audit-{len(runners)}-"
-                                                  f"{id(sections)}.log")})
+        sections.setdefault("audit", {"path": str(tmp_path / f"audit-{next(started)}.log")})
         config = aimed_at(Config().replace(sandbox=sb, **sections), url)
         app = create_app(config)
         client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})

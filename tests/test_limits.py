@@ -170,13 +170,19 @@ async def flood_and_page(gw):
     return flood_s, page_s, state["flood_peak"]
 
 
+async def flood_gateway(start_gateway, share: float):
+    """A slow upstream with SLOTS slots, each key holding at most `share` of them; room in
+    the queue for the whole flood."""
+    return await start_gateway(
+        latency_ms=LATENCY_MS, api_keys=KEYS, limits={"upstream_share": share},
+        upstream={"max_concurrency": SLOTS, "queue_timeout_s": 60.0},
+    )
+
+
 async def test_one_callers_flood_waits_in_its_own_queue_while_others_get_slots(
     start_gateway,
 ):
-    gw = await start_gateway(
-        latency_ms=LATENCY_MS, api_keys=KEYS, limits={"upstream_share": 0.5},
-        upstream={"max_concurrency": SLOTS, "queue_timeout_s": 60.0},
-    )
+    gw = await flood_gateway(start_gateway, share=0.5)
     flood_s, page_s, flood_peak = await flood_and_page(gw)
     # The flood holds half the slots, never more; B's page takes from the other half.
     assert flood_peak == SLOTS // 2, f"the flood had {flood_peak} calls in flight at once"
@@ -190,10 +196,7 @@ async def test_counter_check_with_a_full_share_the_page_waits_behind_the_flood(
 ):
     # The same as above with upstream_share = 1: one caller may take every slot, so the
     # page's calls queue behind the whole flood. (What the test above guards against.)
-    gw = await start_gateway(
-        latency_ms=LATENCY_MS, api_keys=KEYS, limits={"upstream_share": 1.0},
-        upstream={"max_concurrency": SLOTS, "queue_timeout_s": 60.0},
-    )
+    gw = await flood_gateway(start_gateway, share=1.0)
     flood_s, page_s, flood_peak = await flood_and_page(gw)
     assert flood_peak == SLOTS
     assert page_s > 0.7 * flood_s, f"page {page_s:.2f} s, flood {flood_s:.2f} s"

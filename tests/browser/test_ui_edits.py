@@ -140,79 +140,81 @@ def test_a_refused_edit_stays_listed_after_paging_and_leaving_asks_first(stack, 
     expect(banner).to_be_hidden()
 
 
-def test_two_operators_a_stale_save_is_a_conflict_until_one_chooses(stack, lots, browser):
-    base, upstream = stack
-    lot = lots[2]
+@pytest.fixture
+def two_operators(stack, browser) -> Iterator[tuple[Any, Any]]:
+    """Two operators (browser contexts of their own), each with the event open."""
+    base, _ = stack
     contexts = [browser.new_context(viewport={"width": 1600, "height": 1000})
                 for _ in range(2)]
     try:
-        a, b = (c.new_page() for c in contexts)
-        for p in (a, b):
+        pages = tuple(c.new_page() for c in contexts)
+        for p in pages:
             p.set_default_timeout(5000)
             open_event(p, base)
-        initial = int(cell(a, lot, "qty").locator("input").input_value())
-        first, second = str(initial + 4), str(initial + 5)
-
-        cell(a, lot, "qty").locator("input").fill(first)
-        cell(a, lot, "qty").locator("input").press("Tab")
-        expect(cell(a, lot, "qty")).to_have_class(re.compile("is-saved"))
-        assert upstream.override(lot)["qty"] == int(first)
-        puts = upstream.puts()
-
-        mine = cell(b, lot, "qty")  # B's page still shows the value before A's save
-        mine.locator("input").fill(second)
-        mine.locator("input").press("Tab")
-        expect(mine).to_have_class(re.compile("is-conflict"))
-        conflict = mine.locator(".conflict")
-        expect(conflict).to_contain_text("Changed by someone else")
-        expect(conflict.locator(".theirs")).to_have_text(first)
-        expect(conflict.locator(".mine")).to_have_text(second)
-        expect(mine.locator("input")).to_have_value(second)
-        expect(b.locator("#edits-pending")).to_contain_text("1 change not saved")
-        b.wait_for_timeout(2 * LATENCY_MS)
-        assert upstream.override(lot)["qty"] == int(first)  # the first save stands
-        assert upstream.puts() == puts
-
-        conflict.get_by_role("button", name="Keep mine").click()
-        expect(mine).to_have_class(re.compile("is-saved"))
-        expect(mine).not_to_have_class(re.compile("is-conflict"))
-        expect(b.locator("#edits-pending")).to_be_hidden()
-        assert upstream.override(lot)["qty"] == int(second)
-        assert upstream.puts() == puts + 1
+        yield pages
     finally:
         for c in contexts:
             c.close()
 
 
-def test_take_theirs_drops_mine(stack, lots, browser):
-    base, upstream = stack
+def type_in(field: Any, value: str) -> None:
+    """Type `value` into a cell and leave it (which saves it)."""
+    field.locator("input").fill(value)
+    field.locator("input").press("Tab")
+
+
+def test_two_operators_a_stale_save_is_a_conflict_until_one_chooses(stack, lots, two_operators):
+    _, upstream = stack
+    a, b = two_operators
+    lot = lots[2]
+    initial = int(cell(a, lot, "qty").locator("input").input_value())
+    first, second = str(initial + 4), str(initial + 5)
+
+    type_in(cell(a, lot, "qty"), first)
+    expect(cell(a, lot, "qty")).to_have_class(re.compile("is-saved"))
+    assert upstream.override(lot)["qty"] == int(first)
+    puts = upstream.puts()
+
+    mine = cell(b, lot, "qty")  # B's page still shows the value before A's save
+    type_in(mine, second)
+    expect(mine).to_have_class(re.compile("is-conflict"))
+    conflict = mine.locator(".conflict")
+    expect(conflict).to_contain_text("Changed by someone else")
+    expect(conflict.locator(".theirs")).to_have_text(first)
+    expect(conflict.locator(".mine")).to_have_text(second)
+    expect(mine.locator("input")).to_have_value(second)
+    expect(b.locator("#edits-pending")).to_contain_text("1 change not saved")
+    b.wait_for_timeout(2 * LATENCY_MS)
+    assert upstream.override(lot)["qty"] == int(first)  # the first save stands
+    assert upstream.puts() == puts
+
+    conflict.get_by_role("button", name="Keep mine").click()
+    expect(mine).to_have_class(re.compile("is-saved"))
+    expect(mine).not_to_have_class(re.compile("is-conflict"))
+    expect(b.locator("#edits-pending")).to_be_hidden()
+    assert upstream.override(lot)["qty"] == int(second)
+    assert upstream.puts() == puts + 1
+
+
+def test_take_theirs_drops_mine(stack, lots, two_operators):
+    _, upstream = stack
+    a, b = two_operators
     lot = lots[5]
-    contexts = [browser.new_context(viewport={"width": 1600, "height": 1000})
-                for _ in range(2)]
-    try:
-        a, b = (c.new_page() for c in contexts)
-        for p in (a, b):
-            open_event(p, base)
-        initial = int(cell(a, lot, "qty").locator("input").input_value())
-        cell(a, lot, "qty").locator("input").fill(str(initial + 1))
-        cell(a, lot, "qty").locator("input").press("Tab")
-        expect(cell(a, lot, "qty")).to_have_class(re.compile("is-saved"))
-        puts = upstream.puts()
-        mine = cell(b, lot, "qty")
-        mine.locator("input").fill(str(initial + 2))
-        mine.locator("input").press("Tab")
-        expect(mine).to_have_class(re.compile("is-conflict"))
-        mine.get_by_role("button", name="Take theirs").click()
-        expect(mine.locator("input")).to_have_value(str(initial + 1))
-        expect(mine).not_to_have_class(re.compile("is-conflict"))
-        expect(b.locator("#edits-pending")).to_be_hidden()
-        mine.locator("input").press("Tab")
-        b.wait_for_timeout(2 * LATENCY_MS)
-        assert upstream.puts() == puts
-        assert upstream.override(lot)["qty"] == initial + 1
-    finally:
-        for c in contexts:
-            c.close()
+    initial = int(cell(a, lot, "qty").locator("input").input_value())
+    type_in(cell(a, lot, "qty"), str(initial + 1))
+    expect(cell(a, lot, "qty")).to_have_class(re.compile("is-saved"))
+    puts = upstream.puts()
+    mine = cell(b, lot, "qty")
+    type_in(mine, str(initial + 2))
+    expect(mine).to_have_class(re.compile("is-conflict"))
+    mine.get_by_role("button", name="Take theirs").click()
+    expect(mine.locator("input")).to_have_value(str(initial + 1))
+    expect(mine).not_to_have_class(re.compile("is-conflict"))
+    expect(b.locator("#edits-pending")).to_be_hidden()
+    mine.locator("input").press("Tab")
+    b.wait_for_timeout(2 * LATENCY_MS)
+    assert upstream.puts() == puts
+    assert upstream.override(lot)["qty"] == initial + 1
 
 
 def test_decimal_comma_exponent_and_confirming_an_unusual_value(stack, lots, page):
