@@ -5,8 +5,8 @@ Sources, lowest precedence first:
 1. the defaults below (the same as the shipped config.toml, which documents every key);
 2. the TOML file given to `load_config` (None: defaults only);
 3. `GW_<SECTION>_<KEY>` environment overrides, for any key of [server], [upstream], [cache],
-   [sandbox], [auth], [limits], [audit], [ui], parsed to the key's type (bools: 1/true/yes/on,
-   0/false/no/off; lists: comma-separated, e.g. GW_AUTH_OPERATORS="alice,bob");
+   [sandbox], [auth], [limits], [audit], [ui], [prefetch], parsed to the key's type (bools:
+   1/true/yes/on, 0/false/no/off; lists: comma-separated, e.g. GW_AUTH_OPERATORS="alice,bob");
 4. secrets, only ever from the environment: ABCONNECT_USERNAME, ABCONNECT_PASSWORD,
    ABC_CLIENT_ID, ABC_CLIENT_SECRET (`credentials`), GW_API_KEYS (`api_keys`: name, key and
    scope of each; see parse_api_keys) and
@@ -154,6 +154,9 @@ class CacheConfig:
         "redis://", "rediss://", "unix://", why="must be a redis://, rediss:// or unix:// URL"
     )] = "redis://127.0.0.1:6379/0"
     redis_prefix: Annotated[_Str, AfterValidator(_no_spaces)] = "gw:"
+    # An entry read after this fraction of ttl_s is refreshed once in the background, so a
+    # key read steadily never expires into a miss. 1.0 = off.
+    refresh_ahead: Annotated[_Float, Field(gt=0, le=1)] = 0.8
 
 
 @_section
@@ -203,6 +206,16 @@ class LimitsConfig:
 
 
 @_section
+class PrefetchConfig:
+    """Background fetches of what an operator is likely to open next: the events a seller's
+    list shows, the next page of an event. Never ahead of a client's call for a slot."""
+
+    enabled: Annotated[bool, Strict()] = True
+    # Prefetch calls in flight at most; always fewer than upstream.max_concurrency.
+    max_inflight: Annotated[_Int, Field(ge=1)] = 16
+
+
+@_section
 class AuditConfig:
     # One JSON line per write (override, drop-in write, bulk insert, sign-in, sign-out),
     # flushed and fsynced before the answer leaves. Relative: to the working directory.
@@ -227,6 +240,7 @@ _SECTIONS: dict[str, type] = {
     "limits": LimitsConfig,
     "audit": AuditConfig,
     "ui": UiConfig,
+    "prefetch": PrefetchConfig,
 }
 
 
@@ -253,6 +267,7 @@ class Config(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    prefetch: PrefetchConfig = Field(default_factory=PrefetchConfig)
     credentials: Credentials = Field(default_factory=lambda: Credentials("", ""), repr=False)
     # name -> key and scope. Names appear in logs; keys, like every secret here, never do.
     api_keys: Mapping[str, ApiKey] = Field(default_factory=dict, repr=False)
@@ -283,6 +298,12 @@ class Config(BaseSettings):
             raise ValueError(
                 "upstream.mode: live mode needs ABCONNECT_USERNAME and ABCONNECT_PASSWORD in "
                 "the environment"
+            )
+        if self.prefetch.max_inflight >= self.upstream.max_concurrency:
+            raise ValueError(
+                f"prefetch.max_inflight: {self.prefetch.max_inflight} must be below "
+                f"upstream.max_concurrency ({self.upstream.max_concurrency}): prefetch never "
+                "takes every upstream slot"
             )
         seen: dict[str, str] = {}
         for name, api_key in self.api_keys.items():

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from gateway import keys
 from gateway.cache import Cache, Lookup, Result
@@ -144,14 +144,36 @@ class View:
     age_s: float | None = None  # of the oldest part, for the Age header of a STALE answer
 
 
+class Prefetch(Protocol):
+    """Background fetches of what is likely to be asked next (gateway/prefetch.py). Both
+    return at once: the fetches, if any, happen later, behind every client's."""
+
+    def catalogs(self, catalog_ids: Sequence[int]) -> None: ...
+
+    def lots(self, lot_ids: Sequence[int]) -> None: ...
+
+
+class NoPrefetch:
+    """Prefetch off: only what clients ask for is fetched."""
+
+    def catalogs(self, catalog_ids: Sequence[int]) -> None:
+        return None
+
+    def lots(self, lot_ids: Sequence[int]) -> None:
+        return None
+
+
 class Reads:
     """Every read of the catalog, through the cache: at most one upstream call per key at a
     time, and never an answer older than a write that has returned (see gateway/writes.py,
     which invalidates the keys read here)."""
 
-    def __init__(self, cache: Cache, upstream: UpstreamClient) -> None:
+    def __init__(
+        self, cache: Cache, upstream: UpstreamClient, prefetch: Prefetch | None = None
+    ) -> None:
         self._cache = cache
         self._upstream = upstream
+        self.prefetch: Prefetch = prefetch or NoPrefetch()
 
     # --- single resources (drop-in mirror) ---------------------------------------------
 
@@ -222,6 +244,8 @@ class Reads:
         paging = Paging(page, page_size, len(lot_ids))
         outcomes = await asyncio.gather(
             *(self._lot_outcome(i, fresh=fresh) for i in paging.window(lot_ids)))
+        if page < paging.total_pages:  # the next page is the likeliest next request
+            self.prefetch.lots(Paging(page + 1, page_size, len(lot_ids)).window(lot_ids))
         return EventPage(
             lots=list(outcomes), elapsed_s=time.perf_counter() - start,
             catalog=catalog, paging=paging,
@@ -262,6 +286,8 @@ class Reads:
         past = sorted((c for c in catalogs if _is_past(c, now)), key=_start, reverse=True)
         events = upcoming + past if include_past else upcoming
         paging = Paging(page, page_size, len(events))
+        self.prefetch.catalogs([c["id"] for c in paging.window(events)
+                                if isinstance(c.get("id"), int)])
         payload = {"seller": {k: v for k, v in seller.entry.derive("json", _json).items()
                               if k != "catalogs"},
                    "items": list(paging.window(events)), **paging.envelope()}
