@@ -31,8 +31,18 @@ from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout, Unauth
 from gateway.openapi import document, version
 from gateway.overrides import MAX_BODY_BYTES, parse_changes
 from gateway.reads import MAX_IDS, MAX_PAGE_SIZE, EventPage, LotBatch, View
+from gateway.representations import Forms, negotiate
 from gateway.routes import Handler, Route, other_methods
-from gateway.state import CALLER, CLIENT_NAME, CONFIG, METRICS, READINESS, READS, WRITES
+from gateway.state import (
+    CALLER,
+    CLIENT_NAME,
+    CONFIG,
+    METRICS,
+    PAGES,
+    READINESS,
+    READS,
+    WRITES,
+)
 from gateway.upstream.client import Answer
 
 log = logging.getLogger(__name__)
@@ -57,17 +67,25 @@ INCLUDE_PAST = params.Bool("include_past", "Past events too, after the upcoming 
 
 
 def cached_response(
-    request: web.Request, body: bytes, etag: str, cache: str, age_s: float | None = None
+    request: web.Request, forms: Forms, cache: str, age_s: float | None = None
 ) -> web.Response:
-    """200 with the body, or 304 when the client already holds this ETag."""
+    """200 with the body in the form the client takes (compressed when it asks and the body
+    is large enough: gateway/representations.py), or 304 when the client already holds that
+    form's ETag."""
+    coding = negotiate(request.headers.get("Accept-Encoding", ""), len(forms.body))
+    body, etag = forms.form(coding)
     status = cache_status(cache, age_s, request.app[CONFIG].cache.ttl_s)
     headers = {"ETag": etag, "X-Cache": cache, "Cache-Status": status,
-               "Cache-Control": "no-cache"}
+               "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
     if age_s is not None and cache == "STALE":
         headers["Age"] = str(int(age_s))
-    if etag in etags_in(request.headers.get("If-None-Match", "")):
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match and etag in etags_in(if_none_match):
         return web.Response(status=304, headers=headers)
-    return web.Response(body=body, headers={**headers, "Content-Type": JSON})
+    headers["Content-Type"] = JSON
+    if coding is not None:
+        headers["Content-Encoding"] = coding
+    return web.Response(body=body, headers=headers)
 
 
 def cache_status(cache: str, age_s: float | None, ttl_s: float) -> str:
@@ -83,17 +101,30 @@ def cache_status(cache: str, age_s: float | None, ttl_s: float) -> str:
 
 def lookup_response(request: web.Request, lookup: Lookup) -> web.Response:
     entry = lookup.entry
-    return cached_response(request, entry.body, entry.etag, lookup.result.header, lookup.age_s)
+    forms = entry.derive("forms", lambda body: Forms(body, entry.etag))
+    return cached_response(request, forms, lookup.result.header, lookup.age_s)
 
 
 def view_response(request: web.Request, view: View) -> web.Response:
     body = json.dumps(view.payload, separators=(",", ":")).encode()
-    return cached_response(request, body, etag_of(body), view.cache, view.age_s)
+    return cached_response(request, Forms(body, etag_of(body)), view.cache, view.age_s)
 
 
 def batch_response(request: web.Request, batch: LotBatch) -> web.Response:
     """Lots (and for an event page, its catalog and paging) as one JSON body whose ETag
-    derives from its parts' ETags: it changes whenever any part does."""
+    derives from its parts' ETags: it changes whenever any part does. Assembled once for
+    the same parts (app[PAGES]); a page with errors or stale parts is assembled anew."""
+    if batch.errors or batch.stale_ids:
+        forms = assemble(batch)
+    else:
+        parts = batch.derived("entries", lambda: tuple(lk.entry for lk in batch.parts))
+        paging = batch.paging if isinstance(batch, EventPage) else None
+        forms = request.app[PAGES].get(parts, paging, lambda: assemble(batch))
+    return cached_response(request, forms, batch.cache, batch.age_s)
+
+
+def assemble(batch: LotBatch) -> Forms:
+    """The batch's JSON body, from its parts' bytes as they are."""
     items = b"[" + b",".join(lk.entry.body for lk in batch.lookups) + b"]"
     errors = json.dumps([o.error_json() for o in batch.errors]).encode()
     stale = json.dumps(batch.stale_ids).encode()
@@ -105,8 +136,7 @@ def batch_response(request: web.Request, batch: LotBatch) -> web.Response:
         extra = tail + repr(batch.paging).encode()
     else:
         body, extra = b'{"items":' + items + tail + b"}", tail
-    etag = combined_etag([lk.entry.etag for lk in batch.parts], extra)
-    return cached_response(request, body, etag, batch.cache, batch.age_s)
+    return Forms(body, combined_etag([lk.entry.etag for lk in batch.parts], extra))
 
 
 def combined_etag(tags: Sequence[str], extra: bytes) -> str:

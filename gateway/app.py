@@ -15,15 +15,15 @@ from async_lru import alru_cache
 import ui
 from gateway import api, embedded
 from gateway.access import request_middleware
+from gateway.admission import admission_middleware
 from gateway.audit import AuditLog
-from gateway.auth import caller_middleware
 from gateway.cache import Cache, LocalTier, RedisTier
 from gateway.config import Config, token_issuer
 from gateway.errors import GatewayError, NotFound
-from gateway.limits import rate_middleware
-from gateway.metrics import Metrics, timing_middleware
-from gateway.policy import policy_middleware
+from gateway.metrics import Metrics
+from gateway.prefetch import Prefetcher
 from gateway.reads import Reads
+from gateway.representations import Pages
 from gateway.revocations import LocalRevocations, RedisRevocations
 from gateway.sessions import Cookies, OperatorSessions, signing_secret
 from gateway.state import (
@@ -31,6 +31,7 @@ from gateway.state import (
     CACHE,
     CONFIG,
     METRICS,
+    PAGES,
     READINESS,
     READS,
     SESSIONS,
@@ -46,20 +47,23 @@ from gateway.writes import Writes
 
 log = logging.getLogger(__name__)
 
+# Assembled pages may hold up to 1/PAGES_SHARE of cache.max_bytes besides the cache.
+PAGES_SHARE = 8
+
 
 def create_app(config: Config) -> web.Application:
     metrics = Metrics()
     app = web.Application(middlewares=[
-        request_middleware(),  # X-Request-ID in and out; one JSON access-log line
-        timing_middleware(metrics),  # every request: gateway_http_requests_total
+        request_middleware(metrics),  # X-Request-ID in and out; metrics; the access line
         api.problem_middleware,  # any error that reaches it leaves as problem+json
-        policy_middleware(config),  # Host (421) and Origin (403) rules; proxies; scheme
-        caller_middleware(config.api_keys, config.auth),  # /api/*: API key, own JWT or none
-        rate_middleware(config.limits),  # a token bucket per caller (429)
+        # Host (421) and Origin (403) rules; /api/*: API key, own JWT or none; a token
+        # bucket per caller (429).
+        admission_middleware(config),
     ])
     app[CONFIG] = config
     app[METRICS] = metrics
     app[AUDIT] = AuditLog(config.audit.path)
+    app[PAGES] = Pages(max_bytes=config.cache.max_bytes // PAGES_SHARE)
     api.add_routes(app)
     ui.add_routes(app)  # its own middlewares (HTML errors, sessions) wrap its routes only
     app.cleanup_ctx.append(_services)
@@ -117,7 +121,7 @@ async def _domain(app: web.Application, config: Config) -> AsyncIterator[None]:
         # Stale answers stand in for upstream failures (5xx kinds), never for a 4xx.
         serve_stale_on=lambda exc: isinstance(exc, GatewayError) and exc.status >= 500,
         negative_ttl=lambda exc: cc.negative_ttl_s if isinstance(exc, NotFound) else None,
-        tier=tier,
+        tier=tier, refresh_ahead=cc.refresh_ahead,
     )
     try:
         await cache.start()  # raises when Redis refuses the credentials
@@ -128,7 +132,13 @@ async def _domain(app: web.Application, config: Config) -> AsyncIterator[None]:
     metrics.watch_cache(cache)
     app[CACHE] = cache
     app[TOKENS] = tokens
-    app[READS] = Reads(cache, client)
+    app[READS] = reads = Reads(cache, client)
+    prefetcher = None
+    if config.prefetch.enabled:  # reads tells it what comes next; it fetches behind clients
+        prefetcher = Prefetcher(reads, cache, client, max_inflight=config.prefetch.max_inflight,
+                                on_outcome=metrics.prefetched)
+        reads.prefetch = prefetcher
+        prefetcher.start()
     app[WRITES] = Writes(
         cache, client, on_override=lambda outcome: metrics.overrides.labels(outcome).inc(),
         lock_wait_s=config.limits.lock_wait_s,
@@ -152,6 +162,8 @@ async def _domain(app: web.Application, config: Config) -> AsyncIterator[None]:
         yield
     finally:
         warm.cancel()
+        if prefetcher is not None:  # before the cache: nothing prefetched lands after it
+            await prefetcher.close()
         if SIGNING_KEYS in app:
             app[SIGNING_KEYS].close()
         await cache.close()

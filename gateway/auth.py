@@ -1,7 +1,8 @@
 """Who is calling /api/*: a gateway API key, a caller's own ABConnect token, or nobody.
 
-One middleware decides, and puts a `Caller` on the request (`request[CALLER]`; the name also
-as `request[CLIENT_NAME]`, which the override log uses as the actor):
+One step of admission (gateway/admission.py) decides, and puts a `Caller` on the request
+(`request[CALLER]`; the name also as `request[CLIENT_NAME]`, which the override log uses as
+the actor):
 
 - **API keys** (GW_API_KEYS), as `Authorization: Bearer <key>` or `X-API-Key: <key>`,
   compared in constant time as bytes (`find_key`, gateway/sessions.py), never logged:
@@ -21,7 +22,7 @@ as `request[CLIENT_NAME]`, which the override log uses as the actor):
   anonymous (the gateway then listens on loopback only) — also with tokens on: only a
   bearer that looks like a JWT is verified; a request without one is anonymous.
 
-Health, readiness, metrics and the UI's pages are not /api/*: this middleware leaves them be.
+Health, readiness, metrics and the UI's pages are not /api/*: this step leaves them be.
 Every write handler calls `require_write` before it reads the body or calls the upstream:
 a read-scoped caller gets 403 and the upstream sees nothing.
 """
@@ -68,25 +69,36 @@ def looks_like_jwt(value: str | None) -> bool:
     return value is not None and _JWT_SHAPE.fullmatch(value) is not None
 
 
-def caller_middleware(api_keys: Mapping[str, ApiKey], auth: AuthConfig) -> Callable:
-    """The middleware for create_app. With tokens on, it needs app[SIGNING_KEYS] (set by
-    the start-up context), whose issuer is the one tokens must carry."""
+def caller_step(api_keys: Mapping[str, ApiKey], auth: AuthConfig) -> Callable:
+    """`await step(request)`: identify the caller of an /api/* request (see the module
+    docstring), or raise. With tokens on, it needs app[SIGNING_KEYS] (set by the start-up
+    context), whose issuer is the one tokens must carry."""
     tokens_on = auth.upstream_tokens != "off"
     required = "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
     if tokens_on:
         required = ("an API key or an ABConnect access token is required: send "
                     "'Authorization: Bearer <key or token>' or 'X-API-Key: <key>'")
 
-    @web.middleware
-    async def identify(request: web.Request, handler: Callable) -> web.StreamResponse:
+    async def identify(request: web.Request) -> None:
         if request.path.startswith("/api/"):
             caller = await _identify(request, api_keys, auth, tokens_on, required)
             request[CALLER] = caller
             if caller.kind != "anonymous":
                 request[CLIENT_NAME] = caller.name
-        return await handler(request)
 
     return identify
+
+
+def caller_middleware(api_keys: Mapping[str, ApiKey], auth: AuthConfig) -> Callable:
+    """caller_step as a middleware of its own (the app runs it in gateway/admission.py)."""
+    identify = caller_step(api_keys, auth)
+
+    @web.middleware
+    async def identified(request: web.Request, handler: Callable) -> web.StreamResponse:
+        await identify(request)
+        return await handler(request)
+
+    return identified
 
 
 def require_write(request: web.Request) -> None:

@@ -211,7 +211,8 @@ class PrefetchConfig:
     list shows, the next page of an event. Never ahead of a client's call for a slot."""
 
     enabled: Annotated[bool, Strict()] = True
-    # Prefetch calls in flight at most; always fewer than upstream.max_concurrency.
+    # Prefetch calls in flight at most. Whatever this says, a prefetch never takes the last
+    # free upstream slot (so at most upstream.max_concurrency - 1 are ever prefetches).
     max_inflight: Annotated[_Int, Field(ge=1)] = 16
 
 
@@ -298,12 +299,6 @@ class Config(BaseSettings):
             raise ValueError(
                 "upstream.mode: live mode needs ABCONNECT_USERNAME and ABCONNECT_PASSWORD in "
                 "the environment"
-            )
-        if self.prefetch.max_inflight >= self.upstream.max_concurrency:
-            raise ValueError(
-                f"prefetch.max_inflight: {self.prefetch.max_inflight} must be below "
-                f"upstream.max_concurrency ({self.upstream.max_concurrency}): prefetch never "
-                "takes every upstream slot"
             )
         seen: dict[str, str] = {}
         for name, api_key in self.api_keys.items():

@@ -9,9 +9,9 @@ refused with 429 and a `Retry-After` of the seconds until the next request would
 through, and counted in `gateway_rate_limited_total{caller_kind}`. Health, readiness,
 metrics, the OpenAPI document and static files are never limited.
 
-The middleware also sets `CHARGED_TO` (gateway/context.py) for the rest of the request, so
-its upstream calls take that caller's share of the upstream slots
-(gateway/upstream/fair.py).
+The step (`rate_step`, run by gateway/admission.py) also sets `CHARGED_TO`
+(gateway/context.py) for the rest of the request, so its upstream calls take that caller's
+share of the upstream slots (gateway/upstream/fair.py).
 
 This runs on every request, the warm ones included: one dict lookup and a little
 arithmetic, no lock, no task. Memory is bounded: a bucket left alone long enough to be full
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextvars import Token
 from itertools import islice
-from typing import Any
 
 from aiohttp import web
 
@@ -97,17 +97,18 @@ class Buckets:
         self._next_sweep = now + self._refill_s
 
 
-def rate_middleware(limits: LimitsConfig) -> Any:
-    """The middleware for create_app, after the caller middleware (it reads `Caller`)."""
+def rate_step(limits: LimitsConfig) -> Callable[[web.Request], Token[str | None] | None]:
+    """`step(request)`: take a token of the caller's bucket (after the caller step: it
+    reads `Caller`), or raise 429. Returns the CHARGED_TO token to reset once the request
+    is over (None for an exempt path)."""
     buckets = Buckets(limits.requests_per_s, limits.burst)
     allowance = (f"at most {limits.burst} requests at once and {limits.requests_per_s:g} "
                  "per second after that")
 
-    @web.middleware
-    async def rate(request: web.Request, handler: Any) -> web.StreamResponse:
+    def rate(request: web.Request) -> Token[str | None] | None:
         path = request.path
         if path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIX):
-            return await handler(request)
+            return None
         caller = request.get(CALLER)
         if caller is None or caller.kind == "anonymous":
             kind, name = "address", client_address(request)
@@ -119,10 +120,6 @@ def rate_middleware(limits: LimitsConfig) -> Any:
             request.app[METRICS].rate_limited.labels(kind).inc()
             raise TooManyRequests(f"too many requests from this caller: {allowance}",
                                   retry_after=wait_s)
-        token = CHARGED_TO.set(charged)
-        try:
-            return await handler(request)
-        finally:
-            CHARGED_TO.reset(token)
+        return CHARGED_TO.set(charged)
 
     return rate

@@ -1,13 +1,18 @@
-"""Prometheus collectors and the request-timing middleware.
+"""Prometheus collectors.
 
 Collectors live in a registry owned by one application (not the process-global one), so
 several apps in one process (tests, benchmarks) never clash. Metric names are a contract.
+
+The counts made on every request (cache lookups, requests served, their durations) are
+kept in plain dicts and added to their collectors in batches: at every scrape
+(`exposition`), and whenever PENDING_MAX of them wait. A warm request so pays a dict update
+instead of a labelled child lookup and a lock per count; a scrape sees every request that
+finished before it.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
+from collections import defaultdict
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -16,6 +21,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from gateway.cache import Cache, CacheObserver, RedisTier, Result
 from gateway.upstream.client import UpstreamObserver
 
+PENDING_MAX = 4096  # counts kept before they are added to their collectors anyway
+
+# gateway.prefetch.Outcome's values, each exported from the start (a test checks they agree).
+PREFETCH_OUTCOMES = ("fetched", "skipped_fresh", "dropped_full", "deferred_busy",
+                     "paused_breaker", "failed")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0,
                     1.5, 2.5, 5.0, 10.0, 30.0)
 
@@ -73,6 +83,19 @@ class Metrics(CacheObserver, UpstreamObserver):
         )
         for kind in ("key", "token", "address"):  # every series exported from the start
             self.rate_limited.labels(kind)
+        self.prefetches = Counter(
+            "gateway_prefetch", "Prefetch wishes (events a seller list shows, an event's next "
+            "page of lots) by how each ended: fetched, skipped_fresh, dropped_full, "
+            "deferred_busy, paused_breaker, failed.", ["outcome"], registry=r,
+        )
+        for outcome in PREFETCH_OUTCOMES:
+            self.prefetches.labels(outcome)
+        # Not yet added to their collectors (see the module docstring). Only the event loop
+        # thread touches them; `_pending` counts the entries of all three.
+        self._lookups: dict[tuple[str, Result], int] = defaultdict(int)
+        self._requests: dict[tuple[str, str, int], int] = defaultdict(int)
+        self._seconds: dict[str, list[float]] = defaultdict(list)
+        self._pending = 0
 
     def watch_cache(self, cache: Cache) -> None:
         self.cache_entries.set_function(lambda: len(cache.store))
@@ -84,9 +107,37 @@ class Metrics(CacheObserver, UpstreamObserver):
             )
             redis_up.set_function(lambda: cache.tier.up)
 
+    def served(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One request answered (or given up on): gateway_http_requests_total and
+        gateway_http_request_seconds, counted in a batch."""
+        self._requests[route, method, status] += 1
+        self._seconds[route].append(seconds)
+        self._count()
+
+    def flush(self) -> None:
+        """Add every pending count to its collector."""
+        lookups, self._lookups = self._lookups, defaultdict(int)
+        requests, self._requests = self._requests, defaultdict(int)
+        seconds, self._seconds = self._seconds, defaultdict(list)
+        self._pending = 0
+        for (kind, result), n in lookups.items():
+            self.cache_lookups.labels(kind, result.value).inc(n)
+        for (route, method, status), n in requests.items():
+            self.http_requests.labels(route, method, str(status)).inc(n)
+        for route, observed in seconds.items():
+            histogram = self.http_seconds.labels(route)
+            for value in observed:
+                histogram.observe(value)
+
+    def _count(self) -> None:
+        self._pending += 1
+        if self._pending >= PENDING_MAX:
+            self.flush()
+
     # CacheObserver
-    def lookup(self, kind: str, result: Result) -> None:
-        self.cache_lookups.labels(kind, result.value).inc()
+    def lookup(self, kind: str, result: Result, n: int = 1) -> None:
+        self._lookups[kind, result] += n
+        self._count()
 
     def invalidated(self, kind: str) -> None:
         self.invalidations.labels(kind).inc()
@@ -100,39 +151,20 @@ class Metrics(CacheObserver, UpstreamObserver):
         self.upstream_requests.labels(endpoint, status).inc()
         self.upstream_seconds.labels(endpoint).observe(seconds)
 
+    def prefetched(self, outcome: str) -> None:
+        self.prefetches.labels(outcome).inc()
+
     def identity_answered(self, status: str) -> None:
         self.upstream_requests.labels("identity", status).inc()
 
     def exposition(self) -> web.Response:
+        self.flush()
         resp = web.Response(body=generate_latest(self.registry))
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def route_label(request: web.Request) -> str:
     """The matched route's template (`/api/Lot/{id}`), never the raw path."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
-
-
-def timing_middleware(metrics: Metrics) -> Callable:
-    @web.middleware
-    async def timing(request: web.Request, handler: Handler) -> web.StreamResponse:
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            route = route_label(request)
-            metrics.http_requests.labels(route, request.method, str(status)).inc()
-            metrics.http_seconds.labels(route).observe(time.perf_counter() - start)
-
-    return timing

@@ -69,7 +69,8 @@ TAGS = {
     **contract.TAGS,
 }
 
-_CACHE_HEADERS = ("X-Cache", "Cache-Status", "ETag", "Age", "Cache-Control")
+_CACHE_HEADERS = ("X-Cache", "Cache-Status", "ETag", "Age", "Cache-Control", "Vary",
+                  "Content-Encoding")
 HEADERS: dict[str, dict[str, Any]] = {
     "X-Cache": {"required": True,
                 "description": "HIT when every part came from the cache, MISS when the "
@@ -82,8 +83,15 @@ HEADERS: dict[str, dict[str, Any]] = {
                                     "ttl=<seconds still fresh>`, `catalog-gateway; fwd=miss; "
                                     "stored` or `catalog-gateway; fwd=stale`.",
                      "schema": {"type": "string", "pattern": "^catalog-gateway; "}},
-    "ETag": {"required": True, "description": "Strong ETag of the body.",
+    "ETag": {"required": True, "description": "Strong ETag of the body in the form sent: "
+                                              "`\"<tag>\"` as is, `\"<tag>-br\"` or "
+                                              "`\"<tag>-gz\"` compressed.",
              "schema": {"type": "string"}},
+    "Vary": {"description": "Always `Accept-Encoding`: the body may be sent compressed.",
+             "schema": {"type": "string", "example": "Accept-Encoding"}},
+    "Content-Encoding": {"description": "`br` or `gzip` when the client's Accept-Encoding "
+                                        "takes it and the body is 1 KB or more.",
+                         "schema": {"type": "string", "enum": ["br", "gzip"]}},
     "Age": {"description": "Seconds since the entry was fetched; only on STALE answers.",
             "schema": {"type": "integer", "minimum": 0}},
     "Cache-Control": {"schema": {"type": "string", "example": "no-cache"}},

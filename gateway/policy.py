@@ -1,7 +1,8 @@
 """Browser-facing rules, and who is really calling when a proxy stands in front.
 
-`policy_middleware` runs on every request, inside problem+json rendering (a refusal here is
-problem+json, on the UI's paths too) and before the caller is identified:
+`policy_step` runs on every request, first of admission (gateway/admission.py), inside
+problem+json rendering (a refusal here is problem+json, on the UI's paths too) and before
+the caller is identified:
 
 - **Host** (DNS rebinding). Without API keys the gateway answers anyone who reaches its
   loopback socket. A page whose name an attacker re-points at 127.0.0.1 would then be
@@ -126,16 +127,28 @@ class Policy:
         return origin == own
 
 
-def policy_middleware(config: Config) -> Any:
+def policy_step(config: Config) -> Any:
+    """`step(request)`: the browser rules for this request (raises its refusal), and the
+    policy kept on the request for client_address and is_https."""
     policy = Policy(config)
 
-    @web.middleware
-    async def browser_rules(request: web.Request, handler: Any) -> web.StreamResponse:
-        request[POLICY] = policy  # for client_address and is_https, wherever they are asked
+    def browser_rules(request: web.Request) -> None:
+        request[POLICY] = policy
         policy.check(request)
-        return await handler(request)
 
     return browser_rules
+
+
+def policy_middleware(config: Config) -> Any:
+    """policy_step as a middleware of its own (the app runs it in gateway/admission.py)."""
+    browser_rules = policy_step(config)
+
+    @web.middleware
+    async def checked(request: web.Request, handler: Any) -> web.StreamResponse:
+        browser_rules(request)
+        return await handler(request)
+
+    return checked
 
 
 def client_address(request: web.Request) -> str:

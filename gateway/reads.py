@@ -4,35 +4,39 @@ Every read goes through the cache; this module decides cache keys and which cach
 bodies make up a page. It never speaks HTTP to clients (the edges turn what it returns into
 bytes) and never to the upstream except through UpstreamClient, inside a cache fetch.
 
-Event pages are not cached as a whole: a page is assembled on every request from the
-cached catalog and lot bodies (byte concatenation, well under a millisecond for 100 lots).
-So a page can never be staler than the lots it contains, and invalidating a lot needs no
-index of the pages that hold it; a page's ETag is derived from its parts' ETags.
+Event pages are not cached as a whole: a page is looked up part by part on every request
+(the parts already in memory at once, without a task or an await each; only the missing
+ones are fetched, all at once). So a page can never be staler than the lots it contains,
+and invalidating a lot needs no index of the pages that hold it; a page's ETag is derived
+from its parts' ETags, and the edge may reuse the bytes it assembled while the parts are
+the very same entries (gateway/representations.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gateway import keys
 from gateway.cache import Cache, Lookup, Result
+from gateway.cache.views import Views
 from gateway.errors import GatewayError, NotFound, UpstreamFailed
 from gateway.upstream.client import Answer, Params, UpstreamClient
 
+_LOT, _CATALOG = keys.one("Lot", 0)[0], keys.one("Catalog", 0)[0]  # their keys' kinds
 SELLER_PAGE = 100  # page size used to read the whole seller list for searching
 MAX_PAGE_SIZE = 100  # lots (or sellers, events) on one page: all fetched at once when cold
 MAX_IDS = 100  # lots in one batch read
 
 
-@dataclass(frozen=True, slots=True)
-class LotOutcome:
+class LotOutcome(NamedTuple):  # a tuple: made for every lot of every page, so made cheaply
     """One lot of a page: its cached body, or the error that kept it out."""
 
     lot_id: int
@@ -71,21 +75,41 @@ class Paging:
 
 def cache_header(lookups: Sequence[Lookup]) -> str:
     """STALE if any part is stale; HIT only when every part came fresh from the cache."""
-    if any(lk.result is Result.STALE for lk in lookups):
+    results = {lk.result for lk in lookups}
+    if Result.STALE in results:
         return "STALE"
-    return "HIT" if all(lk.result.header == "HIT" for lk in lookups) else "MISS"
+    return "HIT" if results <= _FROM_CACHE else "MISS"
+
+
+_FROM_CACHE = {Result.HIT, Result.SHARED}
 
 
 @dataclass(frozen=True)
 class LotBatch:
-    """Lots in the order asked, each with its body or its error."""
+    """Lots in the order asked, each with its body or its error.
+
+    What is derived from the lookups is computed once and shared by every copy made with
+    dataclasses.replace (a kept view handed out again: only `held_s` differs)."""
 
     lots: list[LotOutcome]
     elapsed_s: float = 0.0
+    # Seconds since its lookups were made: a batch handed out again (a kept view,
+    # cache/views.py) is that much older than its lookups say.
+    held_s: float = 0.0
+    _derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def derived(self, name: str, compute: Callable[[], Any]) -> Any:
+        """compute(), once for this batch and its copies (see the class docstring)."""
+        try:
+            return self._derived[name]
+        except KeyError:
+            value = self._derived[name] = compute()
+            return value
 
     @property
     def lookups(self) -> list[Lookup]:
-        return [o.lookup for o in self.lots if o.lookup is not None]
+        return self.derived("lookups", lambda: [o.lookup for o in self.lots
+                                              if o.lookup is not None])
 
     @property
     def from_cache(self) -> int:
@@ -96,12 +120,13 @@ class LotBatch:
     @property
     def stale_ids(self) -> list[int]:
         """Lots served from an expired entry (the upstream is failing or being asked)."""
-        return [o.lot_id for o in self.lots
-                if o.lookup is not None and o.lookup.result is Result.STALE]
+        return self.derived("stale_ids", lambda: [
+            o.lot_id for o in self.lots
+            if o.lookup is not None and o.lookup.result is Result.STALE])
 
     @property
     def errors(self) -> list[LotOutcome]:
-        return [o for o in self.lots if o.error is not None]
+        return self.derived("errors", lambda: [o for o in self.lots if o.error is not None])
 
     @property
     def parts(self) -> list[Lookup]:
@@ -110,12 +135,19 @@ class LotBatch:
 
     @property
     def cache(self) -> str:
-        return cache_header(self.parts)
+        return self.derived("cache", lambda: cache_header(self.parts))
 
     @property
     def age_s(self) -> float | None:
         """Of the oldest part, for the Age header of a STALE answer."""
-        return max((lk.age_s for lk in self.parts), default=None)
+        oldest = self.derived("oldest", lambda: max((lk.age_s for lk in self.parts),
+                                                  default=None))
+        return None if oldest is None else oldest + self.held_s
+
+    @property
+    def reusable(self) -> bool:
+        """Made of fresh hits only: a view that may be kept (cache/views.py)."""
+        return all(lk.result is Result.HIT for lk in self.parts) and not self.errors
 
     @property
     def fallback(self) -> bool:
@@ -132,7 +164,7 @@ class EventPage(LotBatch):
 
     @property
     def parts(self) -> list[Lookup]:
-        return [self.catalog, *self.lookups]
+        return self.derived("parts", lambda: [self.catalog, *self.lookups])
 
 
 @dataclass(frozen=True)
@@ -174,6 +206,8 @@ class Reads:
         self._cache = cache
         self._upstream = upstream
         self.prefetch: Prefetch = prefetch or NoPrefetch()
+        # Pages and batches made of hits alone, handed out again while still exact.
+        self._views: Views[LotBatch] = Views(cache)
 
     # --- single resources (drop-in mirror) ---------------------------------------------
 
@@ -181,16 +215,20 @@ class Reads:
         """GET /api/{resource}/{ident} through the cache; `fresh`: a forced refresh from
         upstream (Cache.get's contract: coalesced, never older than a save, the last good
         copy served if the upstream fails)."""
-        path, endpoint = f"/api/{resource}/{ident}", f"/api/{resource}/{{id}}"
-        key = keys.one(resource, ident)
+        key, fetch = keys.one(resource, ident), self._fetch_one(resource, ident)
+        if not fresh and (lookup := self._cache.hit(key, fetch)) is not None:
+            return lookup
+        return await self._cache.get(key, fetch, fresh=fresh)
 
+    def _fetch_one(self, resource: str, ident: int) -> Callable[[], Awaitable[bytes]]:
         async def fetch() -> bytes:
             try:
-                return await self._upstream.get(path, endpoint=endpoint)
+                return await self._upstream.get(f"/api/{resource}/{ident}",
+                                                endpoint=f"/api/{resource}/{{id}}")
             except NotFound:
                 raise NotFound(f"{resource} {ident} does not exist") from None
 
-        return await self._cache.get(key, fetch, fresh=fresh)
+        return fetch
 
     async def lot(self, lot_id: int, *, fresh: bool = False) -> Lookup:
         return await self.resource("Lot", lot_id, fresh=fresh)
@@ -230,8 +268,14 @@ class Reads:
     async def lots(self, lot_ids: Sequence[int]) -> LotBatch:
         """Every lot at once (bounded only by the upstream cap), in the order asked."""
         start = time.perf_counter()
-        outcomes = await asyncio.gather(*(self._lot_outcome(i) for i in lot_ids))
-        return LotBatch(lots=list(outcomes), elapsed_s=time.perf_counter() - start)
+        name = ("lots", tuple(lot_ids))
+        if (kept := self._again(name, start)) is not None:
+            return kept
+        stamp = self._cache.stamp()
+        outcomes = await self._lot_outcomes(lot_ids)
+        batch = LotBatch(lots=outcomes, elapsed_s=time.perf_counter() - start)
+        self._keep(name, batch, stamp)
+        return batch
 
     async def event_page(
         self, catalog_id: int, page: int, page_size: int, *, fresh: bool = False
@@ -239,17 +283,42 @@ class Reads:
         """Two round trips when cold: the catalog (for its lot ids), then the page's lots.
         `fresh`: the catalog and the page's lots refreshed from upstream (two round trips)."""
         start = time.perf_counter()
+        name = ("page", catalog_id, page, page_size)
+        if not fresh and (kept := self._again(name, start)) is not None:
+            return kept  # type: ignore[return-value]  # kept under a page's name
+        stamp = self._cache.stamp()
         catalog = await self.catalog(catalog_id, fresh=fresh)
         lot_ids = catalog.entry.derive("lot_ids", _catalog_lot_ids)
         paging = Paging(page, page_size, len(lot_ids))
-        outcomes = await asyncio.gather(
-            *(self._lot_outcome(i, fresh=fresh) for i in paging.window(lot_ids)))
         if page < paging.total_pages:  # the next page is the likeliest next request
+            # Wished for before this page's lots are read, so it lands a round trip sooner;
+            # those reads still come first (prefetch only takes slots they leave free).
             self.prefetch.lots(Paging(page + 1, page_size, len(lot_ids)).window(lot_ids))
-        return EventPage(
-            lots=list(outcomes), elapsed_s=time.perf_counter() - start,
+        outcomes = await self._lot_outcomes(paging.window(lot_ids), fresh=fresh)
+        event_page = EventPage(
+            lots=outcomes, elapsed_s=time.perf_counter() - start,
             catalog=catalog, paging=paging,
         )
+        self._keep(name, event_page, stamp)
+        return event_page
+
+    def _again(self, name: tuple[Any, ...], start: float) -> LotBatch | None:
+        """The batch kept as `name`, aged by the time it was kept, if still exact."""
+        found = self._views.get(name)
+        if found is None:
+            return None
+        batch, held_s = found
+        return dataclasses.replace(batch, held_s=held_s,
+                                   elapsed_s=time.perf_counter() - start)
+
+    def _keep(self, name: tuple[Any, ...], batch: LotBatch, stamp: int | None) -> None:
+        """Keep a batch made of hits alone, with no entry changed while it was made."""
+        if stamp is None or stamp != self._cache.stamp() or not batch.reusable:
+            return
+        parts = [(_LOT, lk.entry) for lk in batch.lookups]
+        if isinstance(batch, EventPage):
+            parts.append((_CATALOG, batch.catalog.entry))
+        self._views.keep(name, batch, parts)
 
     async def sellers(self, q: str, page: int, page_size: int) -> View:
         """Sellers whose name contains `q` (any case) or whose display id starts with it.
@@ -292,6 +361,25 @@ class Reads:
                               if k != "catalogs"},
                    "items": list(paging.window(events)), **paging.envelope()}
         return View(payload, seller.result.header, seller.age_s)
+
+    async def _lot_outcomes(
+        self, lot_ids: Sequence[int], *, fresh: bool = False
+    ) -> list[LotOutcome]:
+        """The lots in memory at once (no task, no await), then every other one at once."""
+        outcomes: list[LotOutcome | None] = [None] * len(lot_ids)
+        if not fresh:
+            for n, lot_id in enumerate(lot_ids):
+                key = keys.one("Lot", lot_id)
+                lookup = self._cache.hit(key, self._fetch_one("Lot", lot_id))
+                if lookup is not None:
+                    outcomes[n] = LotOutcome(lot_id, lookup=lookup)
+        missing = [n for n, outcome in enumerate(outcomes) if outcome is None]
+        if missing:
+            fetched = await asyncio.gather(
+                *(self._lot_outcome(lot_ids[n], fresh=fresh) for n in missing))
+            for n, outcome in zip(missing, fetched, strict=True):
+                outcomes[n] = outcome
+        return outcomes  # type: ignore[return-value]  # every None was filled
 
     async def _lot_outcome(self, lot_id: int, *, fresh: bool = False) -> LotOutcome:
         try:

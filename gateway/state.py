@@ -17,6 +17,7 @@ from gateway.cache import Cache
 from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.reads import Reads
+from gateway.representations import Pages
 from gateway.sessions import OperatorSessions, Session
 from gateway.upstream.identity import TokenProvider
 from gateway.upstream.signing_keys import SigningKeys
@@ -39,6 +40,7 @@ SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
 # (one key, short fixed TTL, concurrent probes share one call, failures not kept): the
 # one place where a plain memoising cache is exactly what is needed.
 READINESS = web.AppKey("readiness", Callable[[], Awaitable[str]])
+PAGES = web.AppKey("pages", Pages)  # assembled JSON pages, reused while their parts last
 AUDIT = web.AppKey("audit", AuditLog)  # audit.path, opened per line (gateway/audit.py)
 
 CLIENT_NAME = web.RequestKey("client_name", str)  # the caller's name (gateway/auth.py)

@@ -85,7 +85,8 @@ async def start_gateway(aiohttp_client, tmp_path: Path) -> AsyncIterator[StartGa
 
     Sections are Config sections as dicts, e.g. upstream={"max_concurrency": 8}. Each
     gateway writes its audit trail to a file of its own under the test's tmp_path. The
-    per-caller rate limit and upstream share are out of the way unless `limits` sets them.
+    per-caller rate limit and upstream share are out of the way unless `limits` sets them,
+    and prefetch is off unless `prefetch` turns it on.
     """
     runners: list[web.AppRunner] = []
     started = itertools.count(1)  # gateways started by this test: one audit file each
@@ -106,6 +107,8 @@ async def start_gateway(aiohttp_client, tmp_path: Path) -> AsyncIterator[StartGa
         sections["limits"] = {"requests_per_s": 1e6, "burst": 10**6, "upstream_share": 1.0,
                               **sections.get("limits", {})}
         sections.setdefault("audit", {"path": str(tmp_path / f"audit-{next(started)}.log")})
+        # Nor do background fetches add to the upstream calls they count.
+        sections.setdefault("prefetch", {"enabled": False})
         config = aimed_at(Config().replace(sandbox=sb, **sections), url)
         app = create_app(config)
         client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})

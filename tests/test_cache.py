@@ -12,6 +12,7 @@ import pytest
 from gateway.cache import Cache, Entry, LruStore, Result
 from gateway.cache.locks import KeyedLocks
 from gateway.cache.store import ENTRY_OVERHEAD, key_size
+from gateway.context import BACKGROUND
 
 T = TypeVar("T")
 
@@ -370,3 +371,60 @@ async def test_a_failed_forced_refresh_serves_the_last_good_entry_marked(spawn) 
     await cache.invalidate(("lot", 4))  # a save: the old entry is known to be out of date
     with pytest.raises(ConnectionError):
         await done(cache.get(("lot", 4), up.fetch, fresh=True))
+
+
+async def test_a_client_that_joined_background_work_which_failed_fetches_for_itself():
+    """A prefetch may fail only because it was not sent (no upstream slot to spare): a
+    client who joined it must not get that failure, but one fetch of its own."""
+    cache = Cache(ttl_s=60, max_bytes=10**6)
+    key = ("lot", 1)
+    release = asyncio.Event()
+
+    async def not_sent() -> bytes:
+        await release.wait()
+        raise RuntimeError("no room for background work")
+
+    async def prefetch() -> None:
+        BACKGROUND.set(True)  # this task's own context, as the prefetcher's
+        with pytest.raises(RuntimeError):
+            await cache.get(key, not_sent)
+
+    calls: list[str] = []
+
+    async def client_fetch() -> bytes:
+        calls.append("client")
+        return b"lot 1"
+
+    background = asyncio.create_task(prefetch())
+    await asyncio.sleep(0)  # the prefetch's fetch is running
+    client = asyncio.create_task(cache.get(key, client_fetch))
+    await asyncio.sleep(0)  # the client has joined it
+    release.set()
+    lookup = await client
+    await background
+    assert lookup.entry.body == b"lot 1" and calls == ["client"]
+
+
+async def test_a_client_that_joined_another_clients_failed_fetch_gets_its_failure():
+    cache = Cache(ttl_s=60, max_bytes=10**6)
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    async def failing() -> bytes:
+        calls.append("first")
+        await release.wait()
+        raise RuntimeError("upstream said no")
+
+    async def second() -> bytes:
+        calls.append("second")
+        return b"never"
+
+    first = asyncio.create_task(cache.get(("lot", 1), failing))
+    await asyncio.sleep(0)
+    joined = asyncio.create_task(cache.get(("lot", 1), second))
+    await asyncio.sleep(0)
+    release.set()
+    for task in (first, joined):
+        with pytest.raises(RuntimeError):
+            await task
+    assert calls == ["first"]  # one call for both, as ever

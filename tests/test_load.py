@@ -118,6 +118,8 @@ def processes() -> Iterator[tuple[str, str, subprocess.Popen]]:
                         GW_CACHE_MAX_BYTES=str(MAX_BYTES), GW_CACHE_TTL_S="1",
                         GW_CACHE_STALE_WHILE_REVALIDATE_S="0",
                         GW_UPSTREAM_BREAKER_OPEN_S="2",
+                        # The lots counted as cold must stay cold: no next page fetched ahead.
+                        GW_PREFETCH_ENABLED="false",
                         # 20 clients from one address: the per-caller limit is not under test.
                         **UNLIMITED),
                 stdout=subprocess.DEVNULL, stderr=gateway_log, cwd=ROOT)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from gateway.access import _access_json, _access_record, _Served
 from gateway.logs import JsonFormatter
 
 GENERATED = re.compile(r"[0-9a-f]{16}")
@@ -150,3 +151,22 @@ async def test_the_id_stays_out_of_cached_bodies_and_etags(start_gateway):
     assert first.headers["ETag"] == second.headers["ETag"]
     assert {r for _, r in gw.sandbox.request_ids} == {"first"}  # the cold one only
     assert b"first" not in await second.read()
+
+
+@pytest.mark.parametrize(("caller", "method", "cache"), [
+    ("-", "GET", "HIT"),
+    ('ev"il\\\n\u2028 caller', "PURGE", None),  # a token's user may hold anything
+    ("ops", "POST", "MISS"),
+])
+def test_the_access_line_made_directly_is_the_one_logging_would_make(caller, method, cache):
+    """The access line is written straight from its fields (once per request, so cheaply);
+    it must be the very text the JSON formatter makes of the same record."""
+    formatter = JsonFormatter()
+    line = _Served(1764288000.1234, "9f1c2b7a0d4e8c31", caller, method, "/api/Lot/{id}",
+                   200, 0.52, cache)
+    record = _access_record(line)
+    record.process = 4711
+    direct = _access_json(line, formatter.timestamp, 4711)
+    assert direct == formatter.format(record) + "\n"
+    assert direct.count("\n") == 1 and direct.isascii()
+    assert json.loads(direct)["caller"] == caller

@@ -16,6 +16,21 @@ for many. The cache depends only on the `Tier` protocol. An entry is served only
 its generation is the key's current one, so a save on any replica outdates every copy at
 once.
 
+Refresh ahead (`refresh_ahead`, a fraction of ttl_s): a fresh entry read once that much of
+its life has passed is served as a hit and refreshed by one background fetch, so a key read
+steadily is replaced before it expires and never becomes a miss. The point comes earlier
+for an entry whose own fetch was slow, so that its refresh can land before it expires: at
+most ttl_s - REFRESH_LEAD x (that fetch's time), never before half its life. One refresh per entry
+(`Entry.refreshing`): if it fails, the entry simply runs out as any other would. The
+refresh is a fetch like any other (keyed by generation: a save meanwhile drops its result;
+with Redis, `max_age_s` lets one replica refresh for all) run as background work
+(gateway/context.py BACKGROUND: the upstream client gives it a slot only when one is free
+to spare, and none while its breaker is not closed).
+
+`hit(key, fetch)` is the hit branch alone, answered without awaiting anything, for tiers
+whose generations never move (one process): a warm event page so looks up its 26 parts
+without a task or an await each. None means "ask get()".
+
 Errors raised by a fetch reach every caller of that fetch and are stored only when
 `negative_ttl` says so (an upstream 404, briefly), never served stale.
 
@@ -37,13 +52,17 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.cache.flight import SingleFlight
 from gateway.cache.store import Entry, Key, LruStore
 from gateway.cache.tier import Generation, LocalTier, Tier
+from gateway.context import BACKGROUND
+
+REFRESH_LEAD = 1.25  # a refresh starts this many of its entry's fetch times before expiry
 
 
 class Result(enum.StrEnum):
@@ -65,11 +84,14 @@ class Result(enum.StrEnum):
     @property
     def header(self) -> str:
         """The X-Cache value: a coalesced caller waited for upstream, like a miss."""
-        return {"hit": "HIT", "shared": "HIT", "stale": "STALE"}.get(self.value, "MISS")
+        return _HEADERS[self]
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup:
+_HEADERS = {Result.HIT: "HIT", Result.SHARED: "HIT", Result.STALE: "STALE",
+            Result.MISS: "MISS", Result.COALESCED: "MISS"}
+
+
+class Lookup(NamedTuple):  # a tuple: made for every part of every page, so made cheaply
     entry: Entry
     result: Result
     age_s: float = 0.0  # seconds since the entry was fetched, at lookup time
@@ -81,7 +103,7 @@ class Lookup:
 class CacheObserver:
     """Hooks for metrics; the cache itself stays free of any metrics library."""
 
-    def lookup(self, kind: str, result: Result) -> None: ...
+    def lookup(self, kind: str, result: Result, n: int = 1) -> None: ...
 
     def invalidated(self, kind: str) -> None: ...
 
@@ -106,9 +128,12 @@ class Cache:
         serve_stale_on: Callable[[BaseException], bool] = _never,
         negative_ttl: Callable[[BaseException], float | None] = _no_negative,
         tier: Tier | None = None,
+        refresh_ahead: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl_s = ttl_s
+        # An entry this old (seconds since fetched) is refreshed when read; inf: never.
+        self._refresh_after_s = ttl_s * refresh_ahead if refresh_ahead < 1.0 else math.inf
         self.store = LruStore(max_bytes)
         self._swr_s = stale_while_revalidate_s
         self._sie_s = stale_if_error_s
@@ -137,6 +162,7 @@ class Cache:
             self._observer.lookup(kind, Result.HIT)
             if entry.error is not None:
                 raise entry.error.with_traceback(None)
+            self._maybe_refresh(key, entry, generation, fetch, now)
             return Lookup(entry, Result.HIT, now - entry.stored_at)
 
         flight = (key, generation)
@@ -147,10 +173,20 @@ class Cache:
             self._observer.lookup(kind, Result.STALE)
             return Lookup(usable, Result.STALE, now - usable.stored_at)
 
+        background = BACKGROUND.get()
         joined = self._flights.running(flight)
+        # A client that joins background work (a prefetch) and sees it fail tries once on its
+        # own: a background call may fail only because it was not sent (no slot to spare).
+        retry = joined and not background and self._flights.background(flight)
         try:
-            fetched, joined = await self._flights.do(flight, fetch_entry, self._keeper(key),
-                                                     renew=fresh)
+            try:
+                fetched, joined = await self._flights.do(
+                    flight, fetch_entry, self._keeper(key), renew=fresh, background=background)
+            except Exception:
+                if not retry:
+                    raise
+                fetched, joined = await self._flights.do(
+                    flight, fetch_entry, self._keeper(key), renew=fresh)
         except Exception as exc:
             # The last good answer stands in for a failing upstream -- unless the key was
             # invalidated meanwhile (then that answer is known to be out of date).
@@ -172,6 +208,66 @@ class Cache:
             raise fetched.error.with_traceback(None)
         return Lookup(fetched, result, self._clock() - fetched.stored_at)
 
+    def hit(self, key: Key, fetch: Callable[[], Awaitable[bytes]]) -> Lookup | None:
+        """get(key, fetch) when that is a hit and the tier need not be asked (see the module
+        docstring); else None, and nothing is counted."""
+        generation = self.tier.fixed_generation
+        if generation is None:
+            return None
+        entry = self.store.get(key)
+        now = self._clock()
+        if (entry is None or entry.error is not None or not entry.fresh(now)
+                or entry.generation != generation):
+            return None
+        self._observer.lookup(key[0], Result.HIT)
+        self._maybe_refresh(key, entry, generation, fetch, now)
+        return Lookup(entry, Result.HIT, now - entry.stored_at)
+
+    # --- for views built from hits (cache/views.py) ----------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
+
+    def stamp(self) -> int | None:
+        """Equal between two moments when no entry was stored, dropped or evicted between
+        them; None when hits must be checked with the tier one by one (Redis)."""
+        return None if self.tier.fixed_generation is None else self.store.version
+
+    def steady_until(self, entry: Entry) -> float:
+        """Until when a hit on `entry` is only a hit: it has not expired, and no
+        refresh-ahead is due (or one already started)."""
+        if entry.refreshing:
+            return entry.expires_at
+        return min(entry.expires_at, entry.stored_at + self._refresh_after(entry))
+
+    def _refresh_after(self, entry: Entry) -> float:
+        """How old `entry` may get before a read refreshes it (see the module docstring)."""
+        if self._refresh_after_s == math.inf:
+            return math.inf
+        lead = max(self.ttl_s / 2, self.ttl_s - REFRESH_LEAD * entry.fetch_s)
+        return min(self._refresh_after_s, lead)
+
+    def count_hits(self, kind: str, n: int) -> None:
+        """Hits served by reusing what earlier hits built, counted as the hits they are."""
+        self._observer.lookup(kind, Result.HIT, n)
+
+    def _maybe_refresh(
+        self, key: Key, entry: Entry, generation: Generation | None,
+        fetch: Callable[[], Awaitable[bytes]], now: float,
+    ) -> None:
+        """Start the entry's refresh-ahead if it is old enough and has none yet."""
+        if entry.refreshing or now - entry.stored_at < self._refresh_after(entry):
+            return
+        entry.refreshing = True
+        refresh = self._fetcher(key, generation, fetch, max_age_s=self._refresh_after(entry))
+
+        async def in_background() -> Entry:
+            BACKGROUND.set(True)  # in the flight's own task (a copy of this context)
+            return await refresh()
+
+        self._flights.start((key, generation), in_background, self._keeper(key),
+                            background=True)
+
     def _fresh(self, entry: Entry, now: float, generation: Generation | None) -> bool:
         if generation is None:  # the tier cannot vouch for it: only young entries
             return entry.fresh(now) and now - entry.stored_at < self.tier.degraded_ttl_s
@@ -179,11 +275,13 @@ class Cache:
 
     def _fetcher(
         self, key: Key, generation: Generation | None, fetch: Callable[[], Awaitable[bytes]],
-        fresh: bool = False,
+        fresh: bool = False, max_age_s: float | None = None,
     ) -> Callable[[], Awaitable[Entry]]:
         async def fetch_entry() -> Entry:
+            began = self._clock()
             try:
-                fetched = await self.tier.fetch(key, generation, fetch, fresh=fresh)
+                fetched = await self.tier.fetch(key, generation, fetch, fresh=fresh,
+                                                max_age_s=max_age_s)
             except Exception as exc:
                 remember = self._negative_ttl(exc)
                 if not remember:
@@ -191,9 +289,11 @@ class Cache:
                 now = self._clock()
                 return Entry(b"", stored_at=now, expires_at=now + remember, error=exc,
                              generation=generation)
-            stored_at = self._clock() - fetched.age_s
+            now = self._clock()
+            stored_at = now - fetched.age_s
             return Entry(fetched.body, stored_at=stored_at, expires_at=stored_at + self.ttl_s,
-                         generation=generation, from_tier=fetched.from_tier)
+                         generation=generation, from_tier=fetched.from_tier,
+                         fetch_s=now - began)
 
         return fetch_entry
 

@@ -27,11 +27,13 @@ V = TypeVar("V")
 
 
 class _Call(Generic[V]):
-    __slots__ = ("forgotten", "renewed", "task")
+    __slots__ = ("background", "forgotten", "renewed", "task")
 
-    def __init__(self, renewed: bool = False) -> None:
+    def __init__(self, renewed: bool = False, background: bool = False) -> None:
         # Started by a forced refresh (do(..., renew=True)).
         self.renewed = renewed
+        # Started as background work (prefetch, refresh): see background().
+        self.background = background
         # Set once, right after creation, before any other coroutine can see the call.
         self.task: asyncio.Task[V]
         # Set by forget() only; read by the call's own task before keep(). Both run on the
@@ -51,12 +53,18 @@ class SingleFlight(Generic[K, V]):
     def running(self, key: K) -> bool:
         return key in self._calls
 
+    def background(self, key: K) -> bool:
+        """Whether the call running for `key` was started as background work (whose
+        failure may only mean it was not sent: a caller who joined it may try its own)."""
+        call = self._calls.get(key)
+        return call is not None and call.background
+
     def keys(self) -> list[K]:
         return list(self._calls)
 
     async def do(
         self, key: K, fn: Callable[[], Awaitable[V]], keep: Callable[[V], None],
-        *, renew: bool = False,
+        *, renew: bool = False, background: bool = False,
     ) -> tuple[V, bool]:
         """(value, joined): joined is True when this caller joined a call already running.
         renew: join only a call started with renew too (see the module docstring)."""
@@ -64,18 +72,18 @@ class SingleFlight(Generic[K, V]):
         if renew and running is not None and not running.renewed:
             self.forget(key)
         joined = key in self._calls
-        self.start(key, fn, keep, renew=renew)
+        self.start(key, fn, keep, renew=renew, background=background)
         return await asyncio.shield(self._calls[key].task), joined
 
     def start(
         self, key: K, fn: Callable[[], Awaitable[V]], keep: Callable[[V], None],
-        *, renew: bool = False,
+        *, renew: bool = False, background: bool = False,
     ) -> None:
         """Begin a call for `key` in the background unless one is running; nobody awaits
         it (a background refresh). Its value lands through keep(), its error is dropped."""
         if key in self._calls:
             return
-        call = _Call[V](renew)
+        call = _Call[V](renew, background)
         call.task = asyncio.get_running_loop().create_task(self._run(key, call, fn, keep))
         call.task.add_done_callback(_consume_exception)
         self._calls[key] = call

@@ -93,6 +93,8 @@ return 1
 
 
 class RedisTier:
+    fixed_generation = None  # generations move on every replica's saves: always asked
+
     def __init__(
         self,
         url: str,
@@ -215,20 +217,23 @@ class RedisTier:
     # --- values --------------------------------------------------------------------------
 
     async def fetch(
-        self, key: Key, generation: Generation | None, fetch: Fetch, *, fresh: bool = False
+        self, key: Key, generation: Generation | None, fetch: Fetch, *, fresh: bool = False,
+        max_age_s: float | None = None,
     ) -> Fetched:
         """The body for `key` at `generation`: from Redis if a replica stored it, else from
         upstream by whoever holds the key's fetch lease, the others waiting for it and
         then reading what it stored. Errors of `fetch()` reach the caller unchanged.
         `fresh` (a forced refresh): always from `fetch()`, under the key's lease like any
         fetch, and stored over what Redis holds, where the other replicas read it once
-        their own copies expire."""
+        their own copies expire. `max_age_s` (a refresh-ahead): a stored body older than
+        that is passed over as if absent, so the first replica to refresh calls upstream
+        and the others, waiting for its lease, take what it stored."""
         if not self.up or generation is None:
             return Fetched(await fetch())
         text = key_text(key)
         lease = self._layout.fetch_lease(text)
         acquired = await self._leases.acquire(
-            lease, _nothing if fresh else lambda: self._read(text, generation))
+            lease, _nothing if fresh else lambda: self._read(text, generation, max_age_s))
         if acquired.found is not None:
             return acquired.found
         if acquired.token is None:  # Redis went away meanwhile
@@ -237,7 +242,7 @@ class RedisTier:
             # The previous holder may have stored it and released the lease between our
             # last look and our taking the lease: look once more before calling upstream.
             try:
-                found = None if fresh else await self._read(text, generation)
+                found = None if fresh else await self._read(text, generation, max_age_s)
             except REDIS_ERRORS as exc:
                 self._down(exc)
                 return Fetched(await fetch())
@@ -254,12 +259,15 @@ class RedisTier:
             # Success or failure, the waiters must not sit out the whole lease.
             await self._leases.release(lease, acquired.token)
 
-    async def _read(self, text: str, generation: Generation) -> Fetched | None:
+    async def _read(
+        self, text: str, generation: Generation, max_age_s: float | None = None
+    ) -> Fetched | None:
         value = await self._redis.hgetall(self._layout.value(text))
         if not value or value.get(b"g", b"").decode() != generation:
             return None
         age = max(0.0, time.time() - float(value[b"t"]))
-        return Fetched(value[b"b"], age, from_tier=True) if age < self._ttl_s else None
+        limit = self._ttl_s if max_age_s is None else min(self._ttl_s, max_age_s)
+        return Fetched(value[b"b"], age, from_tier=True) if age < limit else None
 
     # --- invalidation --------------------------------------------------------------------
 

@@ -58,6 +58,10 @@ class Entry:
     generation: Hashable = 0
     # Found stored in the tier rather than fetched from upstream (Result.SHARED).
     from_tier: bool = False
+    # A refresh-ahead of it was started (see cache.py): at most one per entry.
+    refreshing: bool = False
+    # How long its fetch took (the tier's answer, or the upstream call and its waits).
+    fetch_s: float = 0.0
     # Values computed from `body` at most once (parsed ids, ...); see derive().
     _derived: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -96,6 +100,9 @@ class LruStore:
         # Sum of the charges over _entries (entry.size + key_size(key), each computed once
         # when its entry is stored); updated with every change.
         self.bytes = 0
+        # Changes whenever an entry is stored, dropped or evicted (never for a read): equal
+        # versions mean the same entries under the same keys (cache/views.py relies on it).
+        self.version = 0
         self._entries: OrderedDict[Key, tuple[Entry, int]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -110,6 +117,7 @@ class LruStore:
 
     def put(self, key: Key, entry: Entry) -> None:
         self.pop(key)
+        self.version += 1
         charge = entry.size + key_size(key)
         if charge > self.max_bytes:
             return  # larger than the whole cache: served to its waiters, never stored
@@ -125,6 +133,7 @@ class LruStore:
             return None
         entry, charge = slot
         self.bytes -= charge
+        self.version += 1
         return entry
 
     def keys(self, kind: str | None = None) -> Iterator[Key]:

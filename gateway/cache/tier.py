@@ -6,14 +6,19 @@ The cache asks its tier four things, and depends on nothing else of it (`Tier`):
   on any replica outdates every replica's copy at once, with no message to wait for.
   None means "cannot tell" (the tier is degraded): L1 then serves only entries younger
   than `degraded_ttl_s`.
-- fetch(key, generation, fetch, fresh=False): the body, from the tier if it holds one
-  stored under `generation`, else from `fetch()` (upstream), called once across everyone
-  sharing the tier while they all ask for the same key. With `fresh` (a forced refresh)
-  always from `fetch()`, its body then stored as any fetched body is.
+- fetch(key, generation, fetch, fresh=False, max_age_s=None): the body, from the tier if
+  it holds one stored under `generation`, else from `fetch()` (upstream), called once
+  across everyone sharing the tier while they all ask for the same key. With `fresh` (a
+  forced refresh) always from `fetch()`, its body then stored as any fetched body is. With
+  `max_age_s` (a refresh-ahead) a stored body counts only if it is younger than that: the
+  replica that refreshes first stores the new body, the others take it.
 - invalidate(key) / invalidate_kind(kind): outdate the key (or every key of the kind) for
   every process sharing the tier. Returns once that is done: no process serves the old
   value afterwards, unless the tier is degraded (then only this process is sure; the
   tier logs it and tells the others once it recovers).
+- fixed_generation: the generation every key always has, for a tier whose generations never
+  move (one process, LocalTier: 0), else None. With one, the cache serves a fresh L1 entry
+  without asking the tier anything (Cache.hit: no await).
 - exclusive(name): a lock held by one task across everyone sharing the tier, for as long
   as the task stays inside (however long that is). Entering may wait for the holder;
   that wait may be cancelled (e.g. by a deadline: locks.waited) and then leaves nothing
@@ -66,10 +71,16 @@ class Tier(Protocol):
         """How old an L1 entry may be and still be served while generation() is None."""
         ...
 
+    @property
+    def fixed_generation(self) -> Generation | None:
+        """Every key's generation, if it never moves; None: ask generation()."""
+        ...
+
     async def generation(self, key: Key) -> Generation | None: ...
 
     async def fetch(
-        self, key: Key, generation: Generation | None, fetch: Fetch, *, fresh: bool = False
+        self, key: Key, generation: Generation | None, fetch: Fetch, *, fresh: bool = False,
+        max_age_s: float | None = None,
     ) -> Fetched:
         """Upstream errors raised by `fetch()` reach the caller unchanged."""
         ...
@@ -92,6 +103,7 @@ class LocalTier:
 
     up = True
     degraded_ttl_s = float("inf")
+    fixed_generation: Generation | None = 0
 
     def __init__(self) -> None:
         self._locks = KeyedLocks()
@@ -100,7 +112,8 @@ class LocalTier:
         return 0
 
     async def fetch(
-        self, key: Key, generation: Generation | None, fetch: Fetch, *, fresh: bool = False
+        self, key: Key, generation: Generation | None, fetch: Fetch, *, fresh: bool = False,
+        max_age_s: float | None = None,
     ) -> Fetched:
         return Fetched(await fetch())
 
