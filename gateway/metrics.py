@@ -151,8 +151,8 @@ class Metrics(CacheObserver, UpstreamObserver):
         self.upstream_requests.labels(endpoint, status).inc()
         self.upstream_seconds.labels(endpoint).observe(seconds)
 
-    def prefetched(self, outcome: str) -> None:
-        self.prefetches.labels(outcome).inc()
+    def prefetched(self, outcome: str, n: int = 1) -> None:
+        self.prefetches.labels(outcome).inc(n)
 
     def identity_answered(self, status: str) -> None:
         self.upstream_requests.labels("identity", status).inc()

@@ -25,8 +25,8 @@ The queue is bounded (`queue_size`) and deduplicated (a key queued or in flight 
 queued again); full, it drops the *oldest* wishes: the newest say where the operator is
 now, the oldest are the least likely to be asked for next.
 
-Every wish ends with one `Outcome`, reported to `on_outcome` (metrics): the label values
-of gateway_prefetch_total.
+Every wish ends with one `Outcome`, reported to `on_outcome(outcome, n)` (metrics, n wishes
+at once): the label values of gateway_prefetch_total.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ class Prefetcher:
 
     def __init__(
         self, reads: Reads, cache: Cache, upstream: UpstreamClient, *, max_inflight: int,
-        queue_size: int = QUEUE_SIZE, on_outcome: Callable[[str], None] = lambda _: None,
+        queue_size: int = QUEUE_SIZE,
+        on_outcome: Callable[[str, int], None] = lambda outcome, n: None,
     ) -> None:
         if max_inflight < 1 or queue_size < 1:
             raise ValueError("max_inflight and queue_size must be at least 1")
@@ -135,16 +136,18 @@ class Prefetcher:
         if self._upstream.breaker.state is not State.CLOSED:
             self._ended(Outcome.PAUSED_BREAKER, len(wanted))
             return
+        fresh = 0
         for key in wanted:
             if key in self._queue or key in self._running:
                 continue
             if self._cache.peek(key) is not None:
-                self._ended(Outcome.SKIPPED_FRESH)
+                fresh += 1
                 continue
             self._queue[key] = (request_id, 0)
             if len(self._queue) > self._queue_size:
                 self._queue.popitem(last=False)
                 self._ended(Outcome.DROPPED_FULL)
+        self._ended(Outcome.SKIPPED_FRESH, fresh)
         if self._queue:
             self._wake.set()
 
@@ -208,5 +211,5 @@ class Prefetcher:
         self._wake.set()
 
     def _ended(self, outcome: Outcome, count: int = 1) -> None:
-        for _ in range(count):
-            self._on_outcome(outcome.value)
+        if count:
+            self._on_outcome(outcome.value, count)

@@ -207,7 +207,7 @@ class Reads:
         self._upstream = upstream
         self.prefetch: Prefetch = prefetch or NoPrefetch()
         # Pages and batches made of hits alone, handed out again while still exact.
-        self._views: Views[LotBatch] = Views(cache)
+        self._views: Views[LotBatch] = Views(cache, max_bytes=cache.store.max_bytes // 8)
 
     # --- single resources (drop-in mirror) ---------------------------------------------
 

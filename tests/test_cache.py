@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from gateway.cache import Cache, Entry, LruStore, Result
+from gateway.cache import Cache, CacheObserver, Entry, LruStore, Result
 from gateway.cache.locks import KeyedLocks
 from gateway.cache.store import ENTRY_OVERHEAD, key_size
+from gateway.cache.views import Views
 from gateway.context import BACKGROUND
 
 T = TypeVar("T")
@@ -428,3 +429,58 @@ async def test_a_client_that_joined_another_clients_failed_fetch_gets_its_failur
         with pytest.raises(RuntimeError):
             await task
     assert calls == ["first"]  # one call for both, as ever
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Counted(CacheObserver):
+    def __init__(self) -> None:
+        self.hits = 0
+
+    def lookup(self, kind: str, result: Result, n: int = 1) -> None:
+        self.hits += n if result is Result.HIT else 0
+
+
+async def test_a_kept_view_lasts_while_its_entries_are_exactly_what_a_hit_would_give():
+    clock, seen = _Clock(), _Counted()
+    cache = Cache(ttl_s=10, max_bytes=10**6, refresh_ahead=0.5, clock=clock, observer=seen)
+    views: Views[str] = Views(cache, max_bytes=100)
+
+    async def body() -> bytes:
+        return b"x" * 10
+
+    entries = [(await cache.get(("lot", n), body)).entry for n in (1, 2)]
+    views.keep("page", "built", [("lot", e) for e in entries])
+    assert views.get("page") == ("built", 0.0) and seen.hits == 2  # its two hits counted
+    clock.now += 4
+    assert views.get("page") == ("built", 4.0)  # held 4 s: the page is that much older
+
+    await cache.invalidate(("lot", 2))  # a save: the store changed
+    assert views.get("page") is None and len(views) == 0
+
+    entries = [(await cache.get(("lot", n), body)).entry for n in (1, 2)]
+    views.keep("page", "again", [("lot", e) for e in entries])  # lot 1 kept, lot 2 new
+    clock.now += 0.9
+    assert views.get("page") is not None
+    clock.now += 0.2  # lot 1, fetched 5.1 s ago, is due for its refresh ahead (at 5 s)
+    assert views.get("page") is None
+
+
+async def test_views_are_bounded_by_the_bytes_they_hold():
+    cache = Cache(ttl_s=10, max_bytes=10**6, clock=_Clock())
+    views: Views[int] = Views(cache, max_bytes=25)
+
+    async def body() -> bytes:
+        return b"x" * 10
+
+    for n in range(3):
+        entry = (await cache.get(("lot", n), body)).entry
+        views.keep(n, n, [("lot", entry)])
+    assert len(views) == 2 and views.bytes == 20  # the oldest went
+    assert views.get(0) is None and views.get(2) == (2, 0.0)

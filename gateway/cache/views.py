@@ -10,8 +10,9 @@ size. Reusing a view counts the hits it stands for, so the metrics see what look
 have counted.
 
 Only for tiers whose generations never move (`Cache.stamp()` is None otherwise: with Redis a
-replica's save must be seen key by key, so every lookup asks). Bounded by count (LRU); a
-kept view keeps its entries alive until it is dropped.
+replica's save must be seen key by key, so every lookup asks). A kept view keeps its entries
+alive until it is dropped, so the views are bounded by count and by the bytes of the bodies
+they hold (least recently used dropped first).
 """
 
 from __future__ import annotations
@@ -32,13 +33,16 @@ class _Kept(NamedTuple, Generic[T]):
     until: float
     built_at: float
     hits: tuple[tuple[str, int], ...]  # (kind, lookups it stands for)
+    size: int  # bytes of the bodies it holds
 
 
 class Views(Generic[T]):
-    def __init__(self, cache: Cache, max_views: int = 1024) -> None:
+    def __init__(self, cache: Cache, max_views: int = 1024, max_bytes: int = 32 << 20) -> None:
         self._cache = cache
         self._max_views = max_views
+        self._max_bytes = max_bytes
         self._kept: OrderedDict[Hashable, _Kept[T]] = OrderedDict()
+        self.bytes = 0  # sum of the kept views' sizes
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -51,7 +55,7 @@ class Views(Generic[T]):
             return None
         now = self._cache.now()
         if kept.version != self._cache.stamp() or now >= kept.until:
-            del self._kept[name]
+            self._drop(name)
             return None
         self._kept.move_to_end(name)
         for kind, n in kept.hits:
@@ -65,9 +69,18 @@ class Views(Generic[T]):
         if version is None:
             return
         parts = list(parts)
+        size = sum(len(entry.body) for _, entry in parts)
+        if size > self._max_bytes:
+            return
         until = min((self._cache.steady_until(entry) for _, entry in parts), default=0.0)
         hits = tuple(Counter(kind for kind, _ in parts).items())
-        self._kept[name] = _Kept(value, version, until, self._cache.now(), hits)
-        self._kept.move_to_end(name)
-        while len(self._kept) > self._max_views:
-            self._kept.popitem(last=False)
+        self._drop(name)
+        self._kept[name] = _Kept(value, version, until, self._cache.now(), hits, size)
+        self.bytes += size
+        while len(self._kept) > self._max_views or self.bytes > self._max_bytes:
+            self._drop(next(iter(self._kept)))
+
+    def _drop(self, name: Hashable) -> None:
+        kept = self._kept.pop(name, None)
+        if kept is not None:
+            self.bytes -= kept.size
