@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: install run test lint bench bench-shared clean system-deps
+.PHONY: install run test lint bench bench-shared bench-anchors bench-deps clean system-deps
 
 install: $(STAMP)
 
@@ -37,11 +37,27 @@ test: install system-deps
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
+# Figures only, never part of `make test`.
 bench: install
 	$(BIN)/python benchmarks/event_page.py
+	$(BIN)/python benchmarks/prefetch.py
+	$(BIN)/python benchmarks/refresh_ahead.py
 
 bench-shared: install system-deps
 	$(BIN)/python benchmarks/shared_tier.py
+
+# nginx, Varnish and wrk for benchmarks/anchors.py, installed only when missing (needs root).
+bench-deps:
+	@missing=""; \
+	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
+	command -v varnishd >/dev/null 2>&1 || test -x /usr/sbin/varnishd || missing="$$missing varnish"; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+bench-anchors: install bench-deps
+	$(BIN)/python benchmarks/anchors.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import statistics
 import time
 
@@ -30,6 +31,8 @@ from gateway.embedded import aimed_at
 from gateway.state import TOKENS
 from sandbox import start_sandbox
 
+NOWHERE = open(os.devnull, "w")  # the log stream: as the CLI logs, to nowhere
+
 
 async def timed(coro) -> float:
     start = time.perf_counter()
@@ -40,12 +43,14 @@ async def timed(coro) -> float:
 async def main(latency_ms: float, events: int) -> None:
     sb_runner, upstream, sandbox = await start_sandbox(latency_ms=latency_ms, jitter_ms=0)
     # The default config but for the per-caller rate limit: this one client sends thousands
-    # of requests a second on purpose (the upstream share keeps its default).
-    config = Config().replace(limits={"requests_per_s": 1e9, "burst": 10**9})
+    # of requests a second on purpose (the upstream share keeps its default). Prefetch off:
+    # these are the floor figures without it (benchmarks/prefetch.py measures it on).
+    config = Config().replace(limits={"requests_per_s": 1e9, "burst": 10**9},
+                              prefetch={"enabled": False})
     app = create_app(aimed_at(config, upstream))
-    # Logging as `catalog-gateway serve` does it: one JSON access line per request (run this
-    # with stderr sent somewhere cheap, e.g. 2>/dev/null), aiohttp's own access log off.
-    logs.configure()
+    # Logging as `catalog-gateway serve` does it: one JSON access line per request (here to
+    # /dev/null), aiohttp's own access log off.
+    logs.configure(stream=NOWHERE)  # as the CLI logs, to nowhere
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

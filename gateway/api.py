@@ -116,10 +116,11 @@ def batch_response(request: web.Request, batch: LotBatch) -> web.Response:
     the same parts (app[PAGES]); a page with errors or stale parts is assembled anew."""
     if batch.errors or batch.stale_ids:
         forms = assemble(batch)
-    else:
-        parts = batch.derived("entries", lambda: tuple(lk.entry for lk in batch.parts))
-        paging = batch.paging if isinstance(batch, EventPage) else None
-        forms = request.app[PAGES].get(parts, paging, lambda: assemble(batch))
+    else:  # once per batch (a kept page's copies share it), once per set of parts
+        forms = batch.derived("forms", lambda: request.app[PAGES].get(
+            tuple(lk.entry for lk in batch.parts),
+            batch.paging if isinstance(batch, EventPage) else None,
+            lambda: assemble(batch)))
     return cached_response(request, forms, batch.cache, batch.age_s)
 
 
