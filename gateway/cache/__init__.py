@@ -5,6 +5,7 @@ Modules, one job each:
     cache.py         the cached read (lookup -> hit | stale | miss -> fetch -> store)
     store.py         byte-bounded LRU of entries; ETags
     flight.py        one call per key in flight within this process
+    views.py         what callers built from hits, kept while it is exactly what hits give
     tier.py          what the cache needs from the tier behind it; LocalTier (one process)
     redis_tier.py    RedisTier: values and generations in Redis, for many replicas
     lease.py         Redis leases: one holder per name across replicas
