@@ -16,7 +16,7 @@ from ABConnect.api.models.catalog import (
     SellerExpandedDtoPaginatedList,
 )
 
-from gateway.state import TOKENS
+from gateway.state import METRICS, TOKENS
 
 from gwtesting import gather_timed, timed
 
@@ -210,6 +210,24 @@ async def test_metrics_use_route_templates(start_gateway):
     assert 'gateway_upstream_requests_total{endpoint="/api/Lot/{id}",status="200"} 25.0' in text
     assert (await gw.client.get("/healthz")).status == 200
     assert (await gw.client.get("/readyz")).status == 200
+
+
+async def test_every_request_answered_before_a_scrape_is_in_it(start_gateway):
+    """Requests are counted in batches; a scrape still sees each one answered before it,
+    kept pages' hits included, and a long run is added without waiting for a scrape."""
+    gw = await start_gateway()
+    catalog_id = gw.sandbox.data.catalog_ids_with_lots(25)[0]
+    path = f"/api/v1/catalogs/{catalog_id}/lots"
+    for _ in range(300):  # more than a batch (256 counts of any kind) go in on their own
+        assert (await gw.client.get(path)).status == 200
+    collected = gw.app[METRICS].registry.get_sample_value(
+        "gateway_http_requests_total",
+        {"route": "/api/v1/catalogs/{id}/lots", "method": "GET", "status": "200"})
+    assert collected is not None and collected >= 100  # before any scrape
+    text = await (await gw.client.get("/metrics")).text()
+    assert ('gateway_http_requests_total{method="GET",route="/api/v1/catalogs/{id}/lots",'
+            'status="200"} 300.0') in text
+    assert 'gateway_cache_lookups_total{kind="lot",result="hit"} 7475.0' in text  # 299 x 25
 
 
 async def test_readyz_reports_an_unreachable_upstream(start_gateway):
