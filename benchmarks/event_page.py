@@ -16,22 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import os
 import statistics
 import time
 
 import aiohttp
-from aiohttp import web
+from serving import freeze, log_like_the_cli, serve
 
-from gateway import logs
-from gateway.app import create_app
 from gateway.config import Config
 from gateway.embedded import aimed_at
 from gateway.state import TOKENS
 from sandbox import start_sandbox
-
-NOWHERE = open(os.devnull, "w")  # the log stream: as the CLI logs, to nowhere
 
 
 async def timed(coro) -> float:
@@ -47,21 +41,10 @@ async def main(latency_ms: float, events: int) -> None:
     # these are the floor figures without it (benchmarks/prefetch.py measures it on).
     config = Config().replace(limits={"requests_per_s": 1e9, "burst": 10**9},
                               prefetch={"enabled": False})
-    app = create_app(aimed_at(config, upstream))
-    # Logging as `catalog-gateway serve` does it: one JSON access line per request (here to
-    # /dev/null), aiohttp's own access log off.
-    logs.configure(stream=NOWHERE)  # as the CLI logs, to nowhere
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
+    log_like_the_cli()
+    runner, base, app = await serve(aimed_at(config, upstream))
     token = await app[TOKENS].token()
-    # As `catalog-gateway serve` does after start-up: the long-lived objects are frozen, so
-    # a full garbage collection (~100 ms over what ABConnect imports) never lands in a run.
-    gc.collect()
-    gc.freeze()
+    freeze()
     auth = {"Authorization": f"Bearer {token}"}
     data = sandbox.data
 

@@ -18,27 +18,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import web
+from serving import freeze, log_like_the_cli, serve
 
-from gateway import logs
-from gateway.app import create_app
 from gateway.config import Config
 from gateway.embedded import aimed_at
 from gateway.prefetch import Prefetcher
-from gateway.state import READS, TOKENS
+from gateway.state import READS
 from sandbox import Sandbox, start_sandbox
 
 Get = Callable[[str], Awaitable[bytes]]
-
-NOWHERE = open(os.devnull, "w")  # the log stream: as the CLI logs, to nowhere
 
 
 async def timed(awaitable: Awaitable[object]) -> float:
@@ -88,22 +82,11 @@ def pick(sandbox: Sandbox, samples: int) -> Events:
     return Events(listed[:samples], paged, busy, cold)
 
 
-async def serve(config: Config, upstream: str) -> tuple[web.AppRunner, str, web.Application]:
-    app = create_app(aimed_at(config, upstream))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    await app[TOKENS].token()
-    return runner, f"http://127.0.0.1:{port}", app
-
-
 async def phase(
     http: aiohttp.ClientSession, config: Config, upstream: str, sandbox: Sandbox,
     events: Events, rtt: float,
 ) -> dict[str, list[float]]:
-    runner, base, app = await serve(config, upstream)
+    runner, base, app = await serve(aimed_at(config, upstream))
     prefetcher = app[READS].prefetch
     on = isinstance(prefetcher, Prefetcher)
 
@@ -146,9 +129,8 @@ async def phase(
 async def main(latency_ms: float, samples: int) -> None:
     sb_runner, upstream, sandbox = await start_sandbox(latency_ms=latency_ms, jitter_ms=0)
     base_config = Config().replace(limits={"requests_per_s": 1e9, "burst": 10**9})
-    logs.configure(stream=NOWHERE)  # as the CLI logs, to nowhere
-    gc.collect()
-    gc.freeze()
+    log_like_the_cli()
+    freeze()
     events = pick(sandbox, samples)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as http:
         token = sandbox.issue_tokens("gateway")["access_token"]

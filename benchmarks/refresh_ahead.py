@@ -18,34 +18,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import gc
-import os
 import time
 
 import aiohttp
-from aiohttp import web
+from serving import freeze, log_like_the_cli, serve
 
-from gateway import logs
-from gateway.app import create_app
 from gateway.config import Config
 from gateway.embedded import aimed_at
-from gateway.state import TOKENS
 from sandbox import start_sandbox
 
 LOT = "GET /api/Lot/{id}"
-
-NOWHERE = open(os.devnull, "w")  # the log stream: as the CLI logs, to nowhere
-
-
-async def serve(config: Config) -> tuple[web.AppRunner, str]:
-    app = create_app(config)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    await app[TOKENS].token()
-    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-
 
 async def read_steadily(http: aiohttp.ClientSession, url: str, seconds: float):
     answers = []
@@ -61,19 +43,18 @@ async def read_steadily(http: aiohttp.ClientSession, url: str, seconds: float):
 
 
 async def main(latency_ms: float, seconds: float) -> None:
-    logs.configure(stream=NOWHERE)  # as the CLI logs, to nowhere
+    log_like_the_cli()
     base = Config().replace(limits={"requests_per_s": 1e9, "burst": 10**9},
                             prefetch={"enabled": False})
     runners, gateways = [], {}
     for name, fraction in (("on (0.8)", 0.8), ("off (1.0)", 1.0)):
         sb_runner, upstream, sandbox = await start_sandbox(latency_ms=latency_ms, jitter_ms=0)
         config = base.replace(cache={"ttl_s": 2.0, "refresh_ahead": fraction})
-        runner, url = await serve(aimed_at(config, upstream))
+        runner, url, _ = await serve(aimed_at(config, upstream))
         runners += [runner, sb_runner]
         lot = sandbox.data.lot_ids_of_catalog(sandbox.data.catalog_ids_with_lots(25, 25)[0])[0]
         gateways[name] = (f"{url}/api/Lot/{lot}", sandbox)
-    gc.collect()
-    gc.freeze()
+    freeze()
     print(f"sandbox latency {latency_ms:g} ms; ttl_s 2; one lot read every 50 ms for "
           f"{seconds:g} s from each gateway at once")
     async with aiohttp.ClientSession() as http:
