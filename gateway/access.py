@@ -82,59 +82,76 @@ class _Served(NamedTuple):
     cache: str | None
 
 
-def request_middleware(metrics: Metrics) -> Any:
-    """The outermost middleware: the request's id, in and out, its metrics and its
-    access-log line."""
-    pending: list[_Served] = []
-    pid = os.getpid()
+class AccessLog:
+    """Each answered request counted (gateway_http_requests_total and _seconds) and its
+    access line written: by the outermost middleware, or by the hot path for what it
+    answers itself (`answered`)."""
 
-    def write_lines() -> None:
-        served = pending.copy()
-        pending.clear()
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._pending: list[_Served] = []  # this loop turn's lines, written on the next
+        self._pid = os.getpid()
+
+    def answered(self, request: web.BaseRequest, request_id: str, route: str, status: int,
+                 seconds: float, cache: str | None) -> None:
+        method = request.method
+        self._metrics.served(route, method, status, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            # Written on the loop's next turn, once the answer is on its way: the line
+            # costs the request no latency. One callback writes the whole turn's lines.
+            who = request.get(CALLER)
+            self._pending.append(_Served(
+                time.time(), request_id, who.name if who is not None else "-", method,
+                route, status, round(seconds * 1000, 2), cache))
+            if len(self._pending) == 1:
+                asyncio.get_running_loop().call_soon(self._write_lines)
+
+    def _write_lines(self) -> None:
+        served = self._pending.copy()
+        self._pending.clear()
         handler = logs.direct(access_log)
         if handler is not None and isinstance(handler.formatter, logs.JsonFormatter):
             stamp = handler.formatter.timestamp
-            handler.write_lines([_access_json(line, stamp, pid) for line in served])
+            handler.write_lines([_access_json(line, stamp, self._pid) for line in served])
         else:
             for line in served:
                 access_log.handle(_access_record(line))
 
-    @web.middleware
-    async def requests(request: web.Request, handler: Any) -> web.StreamResponse:
-        start = time.perf_counter()
-        request_id = request_id_of(request)
-        REQUEST_ID.set(request_id)
-        status, cache = 500, None
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:  # redirects, and anything no inner layer rendered
-            exc.headers[HEADER] = request_id
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = 499  # the client went away before its answer (as nginx logs it)
-            raise
-        else:
-            status = response.status
-            if not response.prepared:  # a streamed answer has sent its headers already
-                response.headers[HEADER] = request_id
-            cache = response.headers.get("X-Cache")
-            return response
-        finally:
-            seconds = time.perf_counter() - start
-            route, method = route_label(request), request.method
-            metrics.served(route, method, status, seconds)
-            if access_log.isEnabledFor(logging.INFO):
-                # Written on the loop's next turn, once the answer is on its way: the line
-                # costs the request no latency. One callback writes the whole turn's lines.
-                who = request.get(CALLER)
-                pending.append(_Served(
-                    time.time(), request_id, who.name if who is not None else "-", method,
-                    route, status, round(seconds * 1000, 2), cache))
-                if len(pending) == 1:
-                    asyncio.get_running_loop().call_soon(write_lines)
+    def middleware(self) -> Any:
+        """The outermost middleware: the request's id, in and out, its metrics and its
+        access-log line."""
+        answered = self.answered
 
-    return requests
+        @web.middleware
+        async def requests(request: web.Request, handler: Any) -> web.StreamResponse:
+            start = time.perf_counter()
+            request_id = request_id_of(request)
+            REQUEST_ID.set(request_id)
+            status, cache = 500, None
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:  # redirects, and anything no inner layer rendered
+                exc.headers[HEADER] = request_id
+                status = exc.status
+                raise
+            except asyncio.CancelledError:
+                status = 499  # the client went away before its answer (as nginx logs it)
+                raise
+            else:
+                status = response.status
+                if not response.prepared:  # a streamed answer has sent its headers already
+                    response.headers[HEADER] = request_id
+                cache = response.headers.get("X-Cache")
+                return response
+            finally:
+                answered(request, request_id, route_label(request), status,
+                         time.perf_counter() - start, cache)
+
+        return requests
+
+
+def request_middleware(metrics: Metrics) -> Any:
+    return AccessLog(metrics).middleware()
 
 
 def _access_json(line: _Served, stamp: Callable[[float], str], pid: int) -> str:

@@ -9,6 +9,11 @@ A refusal is raised as the GatewayError it is, for problem+json rendering around
 (gateway/api.py `problem_middleware`). One middleware rather than three: every request
 passes all three, warm hits included, and each layer of middleware costs a call and a
 coroutine per request.
+
+The hot path (gateway/hot.py) admits its requests with `at_once`, the same steps without
+an await, before any routing. A request it admits but then hands to the full path (its
+answer was not warm after all) carries whom it was charged to (`ADMITTED`): admission
+happens once per request, so a request never takes two tokens of its caller's bucket.
 """
 
 from __future__ import annotations
@@ -21,24 +26,50 @@ from gateway.auth import caller_step
 from gateway.config import Config
 from gateway.context import CHARGED_TO
 from gateway.limits import rate_step
+from gateway.metrics import Metrics
 from gateway.policy import policy_step
+from gateway.state import ADMITTED
 
 
-def admission_middleware(config: Config) -> Any:
-    browser_rules = policy_step(config)
-    identify = caller_step(config.api_keys, config.auth)
-    take = rate_step(config.limits)
+class Admission:
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.browser_rules = policy_step(config)
+        self.identify = caller_step(config.api_keys, config.auth)
+        self.take = rate_step(config.limits, metrics)
 
-    @web.middleware
-    async def admission(request: web.Request, handler: Any) -> web.StreamResponse:
-        browser_rules(request)
-        await identify(request)
-        charged = take(request)
-        if charged is None:
-            return await handler(request)
-        try:
-            return await handler(request)
-        finally:
-            CHARGED_TO.reset(charged)
+    def at_once(self, request: web.Request) -> bool:
+        """Admit `request` (an /api/* one) without awaiting: True when admitted, its token
+        taken; False when only the full steps can tell (a caller's token to verify), with
+        nothing taken. Raises the refusal, as the middleware would."""
+        self.browser_rules(request)
+        if not self.identify.at_once(request):
+            return False
+        charged = self.take.take(request)
+        if charged is not None:
+            request[ADMITTED] = charged
+        return True
 
-    return admission
+    def middleware(self) -> Any:
+        browser_rules, identify, take = self.browser_rules, self.identify, self.take
+
+        @web.middleware
+        async def admission(request: web.Request, handler: Any) -> web.StreamResponse:
+            admitted = request.get(ADMITTED)
+            if admitted is not None:  # by the hot path, which then handed the request on
+                charged = CHARGED_TO.set(admitted)
+            else:
+                browser_rules(request)
+                await identify(request)
+                charged = take(request)
+            if charged is None:
+                return await handler(request)
+            try:
+                return await handler(request)
+            finally:
+                CHARGED_TO.reset(charged)
+
+        return admission
+
+
+def admission_middleware(config: Config, metrics: Metrics) -> Any:
+    return Admission(config, metrics).middleware()

@@ -14,8 +14,8 @@ from async_lru import alru_cache
 
 import ui
 from gateway import api, embedded
-from gateway.access import request_middleware
-from gateway.admission import admission_middleware
+from gateway.access import AccessLog
+from gateway.admission import Admission
 from gateway.audit import AuditLog
 from gateway.cache import Cache, LocalTier, RedisTier
 from gateway.config import Config, token_issuer
@@ -27,6 +27,8 @@ from gateway.representations import Pages
 from gateway.revocations import LocalRevocations, RedisRevocations
 from gateway.sessions import Cookies, OperatorSessions, signing_secret
 from gateway.state import (
+    ACCESS_LOG,
+    ADMISSION,
     AUDIT,
     CACHE,
     CONFIG,
@@ -53,15 +55,18 @@ PAGES_SHARE = 8
 
 def create_app(config: Config) -> web.Application:
     metrics = Metrics()
+    access, admission = AccessLog(metrics), Admission(config, metrics)
     app = web.Application(middlewares=[
-        request_middleware(metrics),  # X-Request-ID in and out; metrics; the access line
+        access.middleware(),  # X-Request-ID in and out; metrics; the access line
         api.problem_middleware,  # any error that reaches it leaves as problem+json
         # Host (421) and Origin (403) rules; /api/*: API key, own JWT or none; a token
         # bucket per caller (429).
-        admission_middleware(config),
+        admission.middleware(),
     ])
     app[CONFIG] = config
     app[METRICS] = metrics
+    app[ACCESS_LOG] = access
+    app[ADMISSION] = admission
     app[AUDIT] = AuditLog(config.audit.path)
     app[PAGES] = Pages(max_bytes=config.cache.max_bytes // PAGES_SHARE)
     api.add_routes(app)

@@ -69,24 +69,63 @@ def looks_like_jwt(value: str | None) -> bool:
     return value is not None and _JWT_SHAPE.fullmatch(value) is not None
 
 
-def caller_step(api_keys: Mapping[str, ApiKey], auth: AuthConfig) -> Callable:
+class CallerStep:
     """`await step(request)`: identify the caller of an /api/* request (see the module
     docstring), or raise. With tokens on, it needs app[SIGNING_KEYS] (set by the start-up
-    context), whose issuer is the one tokens must carry."""
-    tokens_on = auth.upstream_tokens != "off"
-    required = "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
-    if tokens_on:
-        required = ("an API key or an ABConnect access token is required: send "
-                    "'Authorization: Bearer <key or token>' or 'X-API-Key: <key>'")
+    context), whose issuer is the one tokens must carry. `step.at_once(request)` does the
+    same without awaiting, for the hot path (gateway/hot.py), when that can be done."""
 
-    async def identify(request: web.Request) -> None:
+    def __init__(self, api_keys: Mapping[str, ApiKey], auth: AuthConfig) -> None:
+        self._api_keys = api_keys
+        self._auth = auth
+        self._tokens_on = auth.upstream_tokens != "off"
+        self._required = "an API key is required: send 'Authorization: Bearer <key>' or " \
+            "'X-API-Key'"
+        if self._tokens_on:
+            self._required = ("an API key or an ABConnect access token is required: send "
+                              "'Authorization: Bearer <key or token>' or 'X-API-Key: <key>'")
+
+    async def __call__(self, request: web.Request) -> None:
         if request.path.startswith("/api/"):
-            caller = await _identify(request, api_keys, auth, tokens_on, required)
-            request[CALLER] = caller
-            if caller.kind != "anonymous":
-                request[CLIENT_NAME] = caller.name
+            found = self._known(request)
+            if isinstance(found, str):  # an access token, verified against the issuer's keys
+                found = await _token_caller(request, found, self._auth)
+            _put(request, found)
 
-    return identify
+    def at_once(self, request: web.Request) -> bool:
+        """Identify the caller of an /api/* request without awaiting: True when done (an API
+        key, or nobody), False when the request carries an access token to verify (the
+        full step does that). Raises the refusal, as the full step would."""
+        found = self._known(request)
+        if isinstance(found, str):
+            return False
+        _put(request, found)
+        return True
+
+    def _known(self, request: web.Request) -> Caller | str:
+        """The caller when no verification is needed, else the access token to verify."""
+        bearer = _bearer(request)
+        api_keys = self._api_keys
+        if api_keys:
+            for presented in (bearer, request.headers.get("X-API-Key")):
+                found = find_key(api_keys, presented)
+                if found is not None:
+                    return Caller("key", found[0], found[1].scope)
+        if self._tokens_on and bearer is not None and looks_like_jwt(bearer):
+            return bearer
+        if api_keys:
+            raise Unauthorized(self._required)
+        return ANONYMOUS
+
+
+def _put(request: web.Request, caller: Caller) -> None:
+    request[CALLER] = caller
+    if caller.kind != "anonymous":
+        request[CLIENT_NAME] = caller.name
+
+
+def caller_step(api_keys: Mapping[str, ApiKey], auth: AuthConfig) -> CallerStep:
+    return CallerStep(api_keys, auth)
 
 
 def caller_middleware(api_keys: Mapping[str, ApiKey], auth: AuthConfig) -> Callable:
@@ -116,23 +155,6 @@ def require_write(request: web.Request) -> None:
         "this caller may read but not write: the gateway accepts ABConnect tokens for "
         "reads only (auth.upstream_tokens = \"read\")"
     )
-
-
-async def _identify(
-    request: web.Request, api_keys: Mapping[str, ApiKey], auth: AuthConfig, tokens_on: bool,
-    required: str,
-) -> Caller:
-    bearer = _bearer(request)
-    if api_keys:
-        for presented in (bearer, request.headers.get("X-API-Key")):
-            found = find_key(api_keys, presented)
-            if found is not None:
-                return Caller("key", found[0], found[1].scope)
-    if tokens_on and bearer is not None and looks_like_jwt(bearer):
-        return await _token_caller(request, bearer, auth)
-    if api_keys:
-        raise Unauthorized(required)
-    return ANONYMOUS
 
 
 def _bearer(request: web.Request) -> str | None:

@@ -31,8 +31,9 @@ from aiohttp import web
 from gateway.config import LimitsConfig
 from gateway.context import CHARGED_TO
 from gateway.errors import TooManyRequests
+from gateway.metrics import Metrics
 from gateway.policy import client_address
-from gateway.state import CALLER, METRICS
+from gateway.state import CALLER
 
 # Never limited: probes, scrapes, the API's own description and the UI's assets.
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
@@ -97,15 +98,24 @@ class Buckets:
         self._next_sweep = now + self._refill_s
 
 
-def rate_step(limits: LimitsConfig) -> Callable[[web.Request], Token[str | None] | None]:
+class RateStep:
     """`step(request)`: take a token of the caller's bucket (after the caller step: it
     reads `Caller`), or raise 429. Returns the CHARGED_TO token to reset once the request
-    is over (None for an exempt path)."""
-    buckets = Buckets(limits.requests_per_s, limits.burst)
-    allowance = (f"at most {limits.burst} requests at once and {limits.requests_per_s:g} "
-                 "per second after that")
+    is over (None for an exempt path). `step.take(request)` takes without setting
+    CHARGED_TO, for an answer that calls nothing upstream (gateway/hot.py)."""
 
-    def rate(request: web.Request) -> Token[str | None] | None:
+    def __init__(self, limits: LimitsConfig, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._buckets = Buckets(limits.requests_per_s, limits.burst)
+        self._allowance = (f"at most {limits.burst} requests at once and "
+                           f"{limits.requests_per_s:g} per second after that")
+
+    def __call__(self, request: web.Request) -> Token[str | None] | None:
+        charged = self.take(request)
+        return None if charged is None else CHARGED_TO.set(charged)
+
+    def take(self, request: web.Request) -> str | None:
+        """Whom the request is charged to (None for an exempt path), its token taken."""
         path = request.path
         if path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIX):
             return None
@@ -115,11 +125,13 @@ def rate_step(limits: LimitsConfig) -> Callable[[web.Request], Token[str | None]
         else:
             kind, name = caller.kind, caller.name
         charged = f"{kind}:{name}"
-        wait_s = buckets.take(charged)
+        wait_s = self._buckets.take(charged)
         if wait_s:
-            request.app[METRICS].rate_limited.labels(kind).inc()
-            raise TooManyRequests(f"too many requests from this caller: {allowance}",
+            self._metrics.rate_limited.labels(kind).inc()
+            raise TooManyRequests(f"too many requests from this caller: {self._allowance}",
                                   retry_after=wait_s)
-        return CHARGED_TO.set(charged)
+        return charged
 
-    return rate
+
+def rate_step(limits: LimitsConfig, metrics: Metrics) -> RateStep:
+    return RateStep(limits, metrics)

@@ -24,6 +24,8 @@ from gateway.upstream.signing_keys import SigningKeys
 from gateway.writes import Writes
 
 if TYPE_CHECKING:
+    from gateway.access import AccessLog  # gateway.access imports this module
+    from gateway.admission import Admission  # through gateway.auth, so does gateway.admission
     from gateway.auth import Caller  # gateway.auth imports this module
     from gateway.policy import Policy  # gateway.policy imports this module
 
@@ -42,7 +44,14 @@ SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
 READINESS = web.AppKey("readiness", Callable[[], Awaitable[str]])
 PAGES = web.AppKey("pages", Pages)  # assembled JSON pages, reused while their parts last
 AUDIT = web.AppKey("audit", AuditLog)  # audit.path, opened per line (gateway/audit.py)
+# Metrics and access line of each answered request, and the admission steps: shared by the
+# middlewares and the hot path (gateway/hot.py), so both count and limit as one.
+ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
+ADMISSION: web.AppKey[Admission] = web.AppKey("admission")
 
+# Set by the hot path (gateway/hot.py) on a request it admitted and then handed on to the
+# full path: whom it was charged to (admission happens once per request).
+ADMITTED = web.RequestKey("admitted", str)
 CLIENT_NAME = web.RequestKey("client_name", str)  # the caller's name (gateway/auth.py)
 CALLER: web.RequestKey[Caller] = web.RequestKey("caller")  # who calls /api/* (gateway/auth.py)
 SESSION = web.RequestKey("session", Session)  # the UI session (ui/session.py)
