@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -32,7 +32,7 @@ from gateway.openapi import document, version
 from gateway.overrides import MAX_BODY_BYTES, parse_changes
 from gateway.reads import MAX_IDS, MAX_PAGE_SIZE, EventPage, LotBatch, View
 from gateway.representations import Forms, negotiate
-from gateway.routes import Handler, Route, other_methods
+from gateway.routes import Handler, Route, Warm, other_methods
 from gateway.state import (
     CALLER,
     CLIENT_NAME,
@@ -67,14 +67,15 @@ INCLUDE_PAST = params.Bool("include_past", "Past events too, after the upcoming 
 
 
 def cached_response(
-    request: web.Request, forms: Forms, cache: str, age_s: float | None = None
+    request: web.BaseRequest, forms: Forms, cache: str, age_s: float | None, ttl_s: float
 ) -> web.Response:
     """200 with the body in the form the client takes (compressed when it asks and the body
     is large enough: gateway/representations.py), or 304 when the client already holds that
-    form's ETag."""
+    form's ETag. (The request is a BaseRequest: the hot path, gateway/hot.py, answers before
+    routing, so `request.app` is not there; what is needed of the app is passed.)"""
     coding = negotiate(request.headers.get("Accept-Encoding", ""), len(forms.body))
     body, etag = forms.form(coding)
-    status = cache_status(cache, age_s, request.app[CONFIG].cache.ttl_s)
+    status = cache_status(cache, age_s, ttl_s)
     headers = {"ETag": etag, "X-Cache": cache, "Cache-Status": status,
                "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
     if age_s is not None and cache == "STALE":
@@ -99,29 +100,34 @@ def cache_status(cache: str, age_s: float | None, ttl_s: float) -> str:
     return "catalog-gateway; fwd=miss; stored"
 
 
-def lookup_response(request: web.Request, lookup: Lookup) -> web.Response:
+def lookup_response(app: web.Application, request: web.BaseRequest, lookup: Lookup
+                    ) -> web.Response:
     entry = lookup.entry
     forms = entry.derive("forms", lambda body: Forms(body, entry.etag))
-    return cached_response(request, forms, lookup.result.header, lookup.age_s)
+    return cached_response(request, forms, lookup.result.header, lookup.age_s,
+                           app[CONFIG].cache.ttl_s)
 
 
 def view_response(request: web.Request, view: View) -> web.Response:
     body = json.dumps(view.payload, separators=(",", ":")).encode()
-    return cached_response(request, Forms(body, etag_of(body)), view.cache, view.age_s)
+    return cached_response(request, Forms(body, etag_of(body)), view.cache, view.age_s,
+                           request.app[CONFIG].cache.ttl_s)
 
 
-def batch_response(request: web.Request, batch: LotBatch) -> web.Response:
+def batch_response(app: web.Application, request: web.BaseRequest, batch: LotBatch
+                   ) -> web.Response:
     """Lots (and for an event page, its catalog and paging) as one JSON body whose ETag
     derives from its parts' ETags: it changes whenever any part does. Assembled once for
     the same parts (app[PAGES]); a page with errors or stale parts is assembled anew."""
     if batch.errors or batch.stale_ids:
         forms = assemble(batch)
     else:  # once per batch (a kept page's copies share it), once per set of parts
-        forms = batch.derived("forms", lambda: request.app[PAGES].get(
+        forms = batch.derived("forms", lambda: app[PAGES].get(
             tuple(lk.entry for lk in batch.parts),
             batch.paging if isinstance(batch, EventPage) else None,
             lambda: assemble(batch)))
-    return cached_response(request, forms, batch.cache, batch.age_s)
+    return cached_response(request, forms, batch.cache, batch.age_s,
+                           app[CONFIG].cache.ttl_s)
 
 
 def assemble(batch: LotBatch) -> Forms:
@@ -301,9 +307,18 @@ def mirror_get_one(operation: contract.Operation) -> Handler:
     async def get_one(request: web.Request) -> web.Response:
         ident = ID.read(request.match_info)
         lookup = await request.app[READS].resource(operation.resource, ident)
-        return lookup_response(request, lookup)
+        return lookup_response(request.app, request, lookup)
 
     return get_one
+
+
+def mirror_get_one_warm(operation: contract.Operation) -> Warm:
+    def get_one_now(app: web.Application, request: web.BaseRequest,
+                    match: Mapping[str, str]) -> web.Response | None:
+        lookup = app[READS].resource_now(operation.resource, ID.read(match))
+        return None if lookup is None else lookup_response(app, request, lookup)
+
+    return get_one_now
 
 
 def mirror_get_list(operation: contract.Operation) -> Handler:
@@ -313,7 +328,7 @@ def mirror_get_list(operation: contract.Operation) -> Handler:
         repeat) and a `PageSize` above the gateway's `limits.max_page_size`."""
         query = check_query(request, operation)
         lookup = await request.app[READS].listing(operation.resource, query)
-        return lookup_response(request, lookup)
+        return lookup_response(request.app, request, lookup)
 
     return get_list
 
@@ -423,6 +438,7 @@ def mirror_routes() -> list[Route]:
             params=(ID,) if one else (),
             errors=(400, 401, 404, *writes, *_UPSTREAM_ERRORS),
             cached=op.method == "GET", operation=op, tag="mirror",
+            warm=mirror_get_one_warm(op) if op.method == "GET" and one else None,
         ))
     return routes
 
@@ -435,11 +451,26 @@ async def v1_event_lots(request: web.Request) -> web.Response:
     page = await request.app[READS].event_page(
         catalog_id, PAGE.read(request.query), PAGE_SIZE.read(request.query)
     )
-    return batch_response(request, page)
+    return batch_response(request.app, request, page)
+
+
+def v1_event_lots_warm(app: web.Application, request: web.BaseRequest,
+                       match: Mapping[str, str]) -> web.Response | None:
+    page = app[READS].event_page_now(
+        ID.read(match), PAGE.read(request.query), PAGE_SIZE.read(request.query)
+    )
+    return None if page is None else batch_response(app, request, page)
 
 
 async def v1_lots(request: web.Request) -> web.Response:
-    return batch_response(request, await request.app[READS].lots(LOT_IDS.read(request.query)))
+    lots = await request.app[READS].lots(LOT_IDS.read(request.query))
+    return batch_response(request.app, request, lots)
+
+
+def v1_lots_warm(app: web.Application, request: web.BaseRequest,
+                 match: Mapping[str, str]) -> web.Response | None:
+    lots = app[READS].lots_now(LOT_IDS.read(request.query))
+    return None if lots is None else batch_response(app, request, lots)
 
 
 async def v1_sellers(request: web.Request) -> web.Response:
@@ -539,10 +570,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/catalogs/{id}/lots", v1_event_lots,
           "One page of an event's lots, with the event, in lot order",
           params=(ID, PAGE, PAGE_SIZE), answer=schemas.EventPage, cached=True,
-          errors=(400, 401, 404, *_UPSTREAM_ERRORS)),
+          errors=(400, 401, 404, *_UPSTREAM_ERRORS), warm=v1_event_lots_warm),
     Route("GET", "/api/v1/lots", v1_lots, "Several lots at once, in the order asked",
           params=(LOT_IDS,), answer=schemas.LotBatch, cached=True,
-          errors=(400, 401, *_UPSTREAM_ERRORS)),
+          errors=(400, 401, *_UPSTREAM_ERRORS), warm=v1_lots_warm),
     Route("POST", "/api/v1/lots/{id}/override", v1_save_override,
           "Save an operator's corrections to a lot (read-merge-write, If-Match aware)",
           params=(ID,), body=schemas.LotOverride, answer=schemas.Lot,
@@ -574,16 +605,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except GatewayError as exc:
-        headers = {}
-        if isinstance(exc, Unauthorized):
-            headers["WWW-Authenticate"] = 'Bearer realm="catalog-gateway"'
-        if exc.retry_after is not None:
-            # Rounded up: a client told to come back must not come back too early.
-            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-        response = problem(exc.status, exc.title, exc.detail, headers)
-        if isinstance(exc, RequestTimeout):
-            response.force_close()  # no keep-alive for a client this slow
-        return response
+        return refusal(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -593,6 +615,20 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         log.exception("unhandled error on %s %s", request.method,
                       request.path[:_SHOWN_PATH])
         return problem(500, "Internal Server Error", "unexpected error; see the gateway log")
+
+
+def refusal(exc: GatewayError) -> web.Response:
+    """A GatewayError as its problem+json answer (also the hot path's, gateway/hot.py)."""
+    headers = {}
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="catalog-gateway"'
+    if exc.retry_after is not None:
+        # Rounded up: a client told to come back must not come back too early.
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    response = problem(exc.status, exc.title, exc.detail, headers)
+    if isinstance(exc, RequestTimeout):
+        response.force_close()  # no keep-alive for a client this slow
+    return response
 
 
 def add_routes(app: web.Application) -> None:

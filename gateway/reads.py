@@ -215,10 +215,15 @@ class Reads:
         """GET /api/{resource}/{ident} through the cache; `fresh`: a forced refresh from
         upstream (Cache.get's contract: coalesced, never older than a save, the last good
         copy served if the upstream fails)."""
-        key, fetch = keys.one(resource, ident), self._fetch_one(resource, ident)
-        if not fresh and (lookup := self._cache.hit(key, fetch)) is not None:
+        if not fresh and (lookup := self.resource_now(resource, ident)) is not None:
             return lookup
+        key, fetch = keys.one(resource, ident), self._fetch_one(resource, ident)
         return await self._cache.get(key, fetch, fresh=fresh)
+
+    def resource_now(self, resource: str, ident: int) -> Lookup | None:
+        """GET /api/{resource}/{ident} when the cache answers it at once (a fresh hit, with
+        Cache.hit's rules), else None: nothing awaited, nothing fetched but a refresh ahead."""
+        return self._cache.hit(keys.one(resource, ident), self._fetch_one(resource, ident))
 
     def _fetch_one(self, resource: str, ident: int) -> Callable[[], Awaitable[bytes]]:
         async def fetch() -> bytes:
@@ -301,6 +306,15 @@ class Reads:
         )
         self._keep(name, event_page, stamp)
         return event_page
+
+    def lots_now(self, lot_ids: Sequence[int]) -> LotBatch | None:
+        """The batch when it is kept and still exact, else None (nothing awaited)."""
+        return self._again(("lots", tuple(lot_ids)), time.perf_counter())
+
+    def event_page_now(self, catalog_id: int, page: int, page_size: int) -> EventPage | None:
+        """The event page when it is kept and still exact, else None (nothing awaited)."""
+        return self._again(("page", catalog_id, page, page_size),  # type: ignore[return-value]
+                           time.perf_counter())
 
     def _again(self, name: tuple[Any, ...], start: float) -> LotBatch | None:
         """The batch kept as `name`, aged by the time it was kept, if still exact."""

@@ -8,7 +8,7 @@ instead, so their parameters and shapes come from the upstream's own document.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,9 @@ from pydantic import BaseModel
 from gateway.params import Param
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The route's answer made at once, when it can be (a warm GET): app, request, the path's
+# parameters -> the answer, or None for the full path (gateway/hot.py).
+Warm = Callable[[web.Application, web.BaseRequest, Mapping[str, str]], web.Response | None]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Route:
     operation: Any = None  # mirror routes: the upstream operation (gateway.contract)
     tag: str = "gateway"
     open: bool = False  # needs no API key (health, readiness, metrics, this document)
+    warm: Warm | None = None  # its answer without an await, when warm (gateway/hot.py)
 
 
 async def other_methods(request: web.Request) -> set[str]:
