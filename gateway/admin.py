@@ -18,11 +18,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from gateway import hot
 from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.state import METRICS
@@ -31,21 +34,38 @@ log = logging.getLogger(__name__)
 
 
 def serve(app: web.Application, config: Config, *, reuse_port: bool = False) -> None:
-    """Serve `app` on server.host:server.port (and /metrics on server.admin_port when set)
-    until SIGTERM or SIGINT; in-flight requests get up to 10 s to finish."""
-    server = config.server
-    if server.admin_port:
+    """Serve `app` on server.host:server.port (and /metrics on server.admin_port when set),
+    with the hot path in front (gateway/hot.py), until SIGTERM or SIGINT; in-flight
+    requests get up to 10 s to finish."""
+    if config.server.admin_port:
         app.cleanup_ctx.append(admin_site(config, reuse_port=reuse_port))
+    asyncio.run(_serve(app, config, reuse_port))
 
-    def serving(banner: str) -> None:  # once the port is bound; one worker of many: quiet
-        if not reuse_port:
-            log.info("serving http://%s:%d", server.host, server.port)
 
-    web.run_app(
-        app, host=server.host, port=server.port, reuse_port=reuse_port or None,
+async def _serve(app: web.Application, config: Config, reuse_port: bool) -> None:
+    # web.run_app's steps, with the hot path installed between the app's start-up and the
+    # first connection (run_app has no place for that). A signal ends the wait; the
+    # runner's cleanup then lets in-flight requests finish before anything is cancelled.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = config.server
+    runner = web.AppRunner(
+        app, handle_signals=False,
         access_log=None,  # gateway.access logs each request (gateway/access.py)
-        keepalive_timeout=server.read_timeout_s, shutdown_timeout=10.0, print=serving,
+        keepalive_timeout=server.read_timeout_s, shutdown_timeout=10.0,
     )
+    await runner.setup()
+    try:
+        hot.install(runner)
+        await web.TCPSite(runner, server.host, server.port,
+                          reuse_port=reuse_port or None).start()
+        if not reuse_port:  # one worker of many: quiet
+            log.info("serving http://%s:%d", server.host, server.port)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def admin_app(metrics: Metrics) -> web.Application:

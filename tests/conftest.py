@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.config import Config
 from gateway.embedded import aimed_at
+from gateway.hot import HotPath, install
 from gateway.state import CONFIG, TOKENS
 from sandbox import Sandbox, start_sandbox
 
@@ -35,6 +36,7 @@ class Gateway:
     app: web.Application
     sandbox: Sandbox
     upstream_url: str
+    hot: HotPath | None = None  # in front of the app as the CLI puts it (gateway/hot.py)
 
     @property
     def audit_path(self) -> Path:
@@ -93,7 +95,7 @@ async def start_gateway(aiohttp_client, tmp_path: Path) -> AsyncIterator[StartGa
 
     async def start(
         latency_ms: float = 0, jitter_ms: float = 0, *, beside: Gateway | None = None,
-        **sections: Any,
+        with_hot_path: bool = True, **sections: Any,
     ) -> Gateway:
         sb = {"latency_ms": latency_ms, "jitter_ms": jitter_ms, **sections.pop("sandbox", {})}
         if beside is not None:  # another replica in front of the same upstream
@@ -112,7 +114,9 @@ async def start_gateway(aiohttp_client, tmp_path: Path) -> AsyncIterator[StartGa
         config = aimed_at(Config().replace(sandbox=sb, **sections), url)
         app = create_app(config)
         client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})
-        gw = Gateway(client, app, sandbox, url)
+        # As `serve` does; off only for a test comparing the full path with it.
+        hot = install(client.server.runner) if with_hot_path else None
+        gw = Gateway(client, app, sandbox, url, hot)
         await app[TOKENS].token()
         gw.sandbox.reset_stats()
         return gw

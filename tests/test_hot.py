@@ -1,0 +1,182 @@
+"""The hot path (gateway/hot.py) answers warm GETs before routing, and only those, exactly
+as the full path would: same status, body and headers, the same metrics, access line and
+rate limit, one token of the caller's bucket per request, never an answer older than a save.
+
+Each comparison runs the same requests against two gateways in front of the same sandbox:
+one with the hot path in front (as `serve` runs it), one without."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from gateway.api import ROUTES
+from gateway.config import parse_api_keys
+
+KEY = "ops-0123456789abcdef"
+KEYS = parse_api_keys(f"ops:{KEY}")
+# What may differ between two answers to the same request: when, and the request's id.
+UNCOMPARED = {"Date", "X-Request-ID"}
+
+
+def a_page(gw: Any) -> tuple[int, list[int]]:
+    catalog_id = gw.sandbox.data.catalog_ids_with_lots(30)[0]
+    return catalog_id, gw.sandbox.data.lot_ids_of_catalog(catalog_id)
+
+
+async def answer(gw: Any, path: str, headers: dict[str, str] | None = None,
+                 method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    resp = await gw.client.request(method, path, headers=headers or {},
+                                   auto_decompress=False)
+    body = await resp.read()
+    shown = {k: v for k, v in resp.headers.items() if k not in UNCOMPARED}
+    if "Cache-Status" in shown:  # seconds left: the two gateways were warmed moments apart
+        shown["Cache-Status"] = re.sub(r"ttl=\d+", "ttl=N", shown["Cache-Status"])
+    assert resp.headers.get("X-Request-ID"), path  # both paths give every answer its id
+    return resp.status, shown, body
+
+
+async def both(start_gateway: Any, **sections: Any) -> tuple[Any, Any]:
+    hot = await start_gateway(**sections)
+    full = await start_gateway(beside=hot, with_hot_path=False, **sections)
+    assert hot.hot is not None and full.hot is None
+    return hot, full
+
+
+async def test_warm_answers_are_the_full_paths_byte_for_byte(start_gateway):
+    hot, full = await both(start_gateway, api_keys=KEYS)
+    catalog_id, lot_ids = a_page(hot)
+    key = {"X-API-Key": KEY}
+    lot, page = f"/api/Lot/{lot_ids[0]}", f"/api/v1/catalogs/{catalog_id}/lots?page_size=25"
+    batch = f"/api/v1/lots?ids={lot_ids[0]},{lot_ids[1]}"
+    for gw in (hot, full):  # warm: the lot, the page and batch (kept once built from hits)
+        for path in (lot, page, page, batch, batch):
+            assert (await gw.client.get(path, headers=key)).status == 200
+    etag = (await hot.client.get(lot, headers=key)).headers["ETag"]
+    requests = [
+        (lot, key),
+        (lot, {**key, "Accept-Encoding": "br"}),  # below 1 KB: never compressed
+        (lot, {**key, "If-None-Match": etag}),  # 304
+        (lot, {**key, "If-None-Match": '"other"'}),
+        (page, key),
+        (page, {**key, "Accept-Encoding": "br"}),
+        (page, {**key, "Accept-Encoding": "gzip, br;q=0.5"}),
+        (page, {**key, "Accept-Encoding": "identity"}),
+        (f"/api/Catalog/{catalog_id}", key),
+        (batch, key),
+    ]
+    before = hot.hot.answered
+    for path, headers in requests:
+        expected = await answer(full, path, headers)
+        assert await answer(hot, path, headers) == expected, (path, headers)
+        assert expected[1]["X-Cache"] == "HIT"
+    assert hot.hot.answered - before == len(requests)  # each answered by the hot path
+
+
+async def test_what_it_cannot_answer_goes_the_full_way_with_the_same_outcome(start_gateway):
+    hot, full = await both(start_gateway, api_keys=KEYS,
+                           auth={"upstream_tokens": "read", "issuer": "http://127.0.0.1:9"})
+    catalog_id, lot_ids = a_page(hot)
+    key = {"X-API-Key": KEY}
+    lot = f"/api/Lot/{lot_ids[0]}"
+    for gw in (hot, full):
+        assert (await gw.client.get(lot, headers=key)).status == 200
+    requests = [
+        ("GET", lot, {"X-API-Key": "wrong-0123456789abcdef"}),  # 401, refused here
+        ("GET", lot, {}),  # 401: no key
+        ("GET", lot, {"Authorization": "Bearer a.b.c"}),  # a token to verify: full path
+        ("GET", "/api/Lot/abc", key),  # 400: the handler's own refusal
+        ("GET", "/api/Lot/00012", key),
+        ("GET", "/api/Lot/get-overrides", key),  # another route's path
+        ("HEAD", lot, key),
+        ("GET", lot + "/", key),
+        ("GET", f"/api/v1/catalogs/{catalog_id}/lots?page_size=0", key),  # 400
+        ("GET", f"/api/v1/catalogs/{catalog_id}/lots?page=2&page_size=25", key),  # cold
+        ("GET", f"/api/Lot/{lot_ids[1]}", key),  # cold: a miss, fetched by the full path
+    ]
+    for method, path, headers in requests:
+        expected = await answer(full, path, headers, method)
+        assert await answer(hot, path, headers, method) == expected, (method, path)
+    assert hot.hot.answered == 2  # the two refusals were its own answers; the rest went on
+
+
+async def test_metrics_and_access_lines_count_hot_answers_as_the_full_path_does(
+    start_gateway,
+):
+    hot, full = await both(start_gateway)
+    _, lot_ids = a_page(hot)
+    path = f"/api/Lot/{lot_ids[0]}"
+    for gw in (hot, full):
+        for _ in range(5):
+            assert (await gw.client.get(path)).status == 200
+
+    def counted(text: str) -> list[str]:
+        wanted = ('gateway_http_requests_total{method="GET",route="/api/Lot/{id}"',
+                  'gateway_http_request_seconds_count{route="/api/Lot/{id}"',
+                  'gateway_cache_lookups_total{kind="Lot"')
+        return sorted(line for line in text.splitlines() if line.startswith(wanted))
+
+    hot_text = await (await hot.client.get("/metrics")).text()
+    assert counted(hot_text) == counted(await (await full.client.get("/metrics")).text())
+    assert 'result="hit"} 4.0' in hot_text and 'status="200"} 5.0' in hot_text
+    assert hot.hot.answered == 4
+
+
+async def test_a_request_takes_one_token_whichever_way_it_goes(start_gateway):
+    # Burst 3, next token in 100 s: a cold read (admitted here, fetched by the full path)
+    # and two warm ones take the three; the fourth is refused, by the hot path, as the
+    # full path refuses it.
+    limits = {"requests_per_s": 0.01, "burst": 3}
+    hot, full = await both(start_gateway, limits=limits)
+    _, lot_ids = a_page(hot)
+    path = f"/api/Lot/{lot_ids[0]}"
+    for gw in (hot, full):
+        seen = [(await gw.client.get(path)).headers.get("X-Cache") for _ in range(3)]
+        assert seen == ["MISS", "HIT", "HIT"], seen
+    expected = await answer(full, path)
+    assert expected[0] == 429 and "Retry-After" in expected[1]
+    assert await answer(hot, path) == expected
+    metrics = await (await hot.client.get("/metrics")).text()
+    assert 'gateway_rate_limited_total{caller_kind="address"} 1.0' in metrics
+
+
+async def test_a_save_is_never_followed_by_an_older_hot_answer(start_gateway):
+    gw = await start_gateway()
+    catalog_id, lot_ids = a_page(gw)
+    lot, page = f"/api/Lot/{lot_ids[0]}", f"/api/v1/catalogs/{catalog_id}/lots?page_size=25"
+    for path in (lot, page, page):
+        assert (await gw.client.get(path)).status == 200
+    before = gw.hot.answered
+    for qty in (7, 8):  # the upstream spells it "overridenData"
+        resp = await gw.client.post(f"/api/v1/lots/{lot_ids[0]}/override", json={"qty": qty})
+        assert resp.status == 200, await resp.text()
+        for path in (lot, page, page, lot):
+            body = await gw.get_json(path)
+            first = body if path == lot else body["items"][0]
+            assert first["overridenData"][0]["qty"] == qty, path
+    assert gw.hot.answered > before  # the reads after each save's first were its own
+
+
+def test_every_warm_route_is_the_one_the_router_picks_for_its_paths():
+    """The hot path finds its routes by their templates, without the router: for a path of
+    each, the router must pick that same route (no other registered before it matches)."""
+    import asyncio
+
+    from gateway.app import create_app
+    from gateway.config import Config
+
+    app = create_app(Config())
+    warm = [r for r in ROUTES if r.warm is not None]
+    assert {"/api/Lot/{id}", "/api/v1/catalogs/{id}/lots", "/api/v1/lots"} <= {
+        r.path for r in warm}
+
+    async def resolve(path: str) -> web.AbstractRoute:
+        return (await app.router.resolve(make_mocked_request("GET", path))).route
+
+    for route in warm:
+        path = route.path.replace("{id}", "12345")
+        found = asyncio.run(resolve(path))
+        assert found.resource is not None and found.resource.canonical == route.path, path
