@@ -162,11 +162,13 @@ def test_the_access_line_made_directly_is_the_one_logging_would_make(caller, met
     """The access line is written straight from its fields (once per request, so cheaply);
     it must be the very text the JSON formatter makes of the same record."""
     formatter = JsonFormatter()
-    line = _Served(1764288000.1234, "9f1c2b7a0d4e8c31", caller, method, "/api/Lot/{id}",
-                   200, 0.52, cache)
-    record = _access_record(line)
-    record.process = 4711
-    direct = _access_json(line, formatter.timestamp, 4711)
-    assert direct == formatter.format(record) + "\n"
-    assert direct.count("\n") == 1 and direct.isascii()
-    assert json.loads(direct)["caller"] == caller
+    # The second line of the same caller, route and outcome is made from kept parts.
+    for created, request_id, ms in ((1764288000.1234, "9f1c2b7a0d4e8c31", 0.52),
+                                    (1764288061.9996, "client-7", 12.0)):
+        line = _Served(created, request_id, caller, method, "/api/Lot/{id}", 200, ms, cache)
+        record = _access_record(line)
+        record.process = 4711
+        direct = _access_json(line, formatter.timestamp, 4711)
+        assert direct == formatter.format(record) + "\n"
+        assert direct.count("\n") == 1 and direct.isascii()
+        assert json.loads(direct)["caller"] == caller
