@@ -114,8 +114,8 @@ def view_response(request: web.Request, view: View) -> web.Response:
                            request.app[CONFIG].cache.ttl_s)
 
 
-def batch_response(app: web.Application, request: web.BaseRequest, batch: LotBatch
-                   ) -> web.Response:
+def batch_response(app: web.Application, request: web.BaseRequest, batch: LotBatch,
+                   held_s: float = 0.0) -> web.Response:
     """Lots (and for an event page, its catalog and paging) as one JSON body whose ETag
     derives from its parts' ETags: it changes whenever any part does. Assembled once for
     the same parts (app[PAGES]); a page with errors or stale parts is assembled anew."""
@@ -126,7 +126,8 @@ def batch_response(app: web.Application, request: web.BaseRequest, batch: LotBat
             tuple(lk.entry for lk in batch.parts),
             batch.paging if isinstance(batch, EventPage) else None,
             lambda: assemble(batch)))
-    return cached_response(request, forms, batch.cache, batch.age_s,
+    age_s = batch.age_s  # a kept batch handed out as it is: `held_s` older than it says
+    return cached_response(request, forms, batch.cache, None if age_s is None else age_s + held_s,
                            app[CONFIG].cache.ttl_s)
 
 
@@ -456,10 +457,9 @@ async def v1_event_lots(request: web.Request) -> web.Response:
 
 def v1_event_lots_warm(app: web.Application, request: web.BaseRequest,
                        match: Mapping[str, str]) -> web.Response | None:
-    page = app[READS].event_page_now(
-        ID.read(match), PAGE.read(request.query), PAGE_SIZE.read(request.query)
-    )
-    return None if page is None else batch_response(app, request, page)
+    query = request.query
+    kept = app[READS].event_page_now(ID.read(match), PAGE.read(query), PAGE_SIZE.read(query))
+    return None if kept is None else batch_response(app, request, *kept)
 
 
 async def v1_lots(request: web.Request) -> web.Response:
@@ -469,8 +469,8 @@ async def v1_lots(request: web.Request) -> web.Response:
 
 def v1_lots_warm(app: web.Application, request: web.BaseRequest,
                  match: Mapping[str, str]) -> web.Response | None:
-    lots = app[READS].lots_now(LOT_IDS.read(request.query))
-    return None if lots is None else batch_response(app, request, lots)
+    kept = app[READS].lots_now(LOT_IDS.read(request.query))
+    return None if kept is None else batch_response(app, request, *kept)
 
 
 async def v1_sellers(request: web.Request) -> web.Response:
