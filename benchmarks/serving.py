@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from aiohttp import web
 
-from gateway import logs
+from gateway import hot, logs
 from gateway.app import create_app
 from gateway.config import Config
 from gateway.state import TOKENS
@@ -40,6 +40,7 @@ async def serve(config: Config) -> Served:
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    hot.install(runner)  # as `catalog-gateway serve` puts it in front
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     await app[TOKENS].token()
