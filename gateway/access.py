@@ -150,10 +150,6 @@ class AccessLog:
         return requests
 
 
-def request_middleware(metrics: Metrics) -> Any:
-    return AccessLog(metrics).middleware()
-
-
 def _access_json(line: _Served, stamp: Callable[[float], str], pid: int) -> str:
     """The line JsonFormatter would make of _access_record(line), made directly: one per
     request, so cheaply (a test holds the two equal). Every text a client chose (the

@@ -69,7 +69,3 @@ class Admission:
                 CHARGED_TO.reset(charged)
 
         return admission
-
-
-def admission_middleware(config: Config, metrics: Metrics) -> Any:
-    return Admission(config, metrics).middleware()
