@@ -43,13 +43,24 @@ def serve(app: web.Application, config: Config, *, reuse_port: bool = False) -> 
 
 
 async def _serve(app: web.Application, config: Config, reuse_port: bool) -> None:
-    # web.run_app's steps, with the hot path installed between the app's start-up and the
-    # first connection (run_app has no place for that). A signal ends the wait; the
-    # runner's cleanup then lets in-flight requests finish before anything is cancelled.
+    # A signal ends the wait; the runner's cleanup then lets in-flight requests finish
+    # before anything is cancelled.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    runner, _ = await started(app, config, reuse_port=reuse_port)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+async def started(app: web.Application, config: Config, *, reuse_port: bool = False
+                  ) -> tuple[web.AppRunner, hot.HotPath]:
+    """`app` started and listening, the hot path in front: web.run_app's steps, with the
+    hot path installed between the app's start-up and the first connection (run_app has
+    no place for that). The caller cleans the runner up."""
     server = config.server
     runner = web.AppRunner(
         app, handle_signals=False,
@@ -58,14 +69,15 @@ async def _serve(app: web.Application, config: Config, reuse_port: bool) -> None
     )
     await runner.setup()
     try:
-        hot.install(runner)
+        hot_path = hot.install(runner)
         await web.TCPSite(runner, server.host, server.port,
                           reuse_port=reuse_port or None).start()
-        if not reuse_port:  # one worker of many: quiet
-            log.info("serving http://%s:%d", server.host, server.port)
-        await stop.wait()
-    finally:
+    except BaseException:
         await runner.cleanup()
+        raise
+    if not reuse_port:  # one worker of many: quiet
+        log.info("serving http://%s:%d", server.host, server.port)
+    return runner, hot_path
 
 
 def admin_app(metrics: Metrics) -> web.Application:

@@ -7,14 +7,20 @@ one with the hot path in front (as `serve` runs it), one without."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from gateway import admin
 from gateway.api import ROUTES
-from gateway.config import parse_api_keys
+from gateway.app import create_app
+from gateway.config import Config, parse_api_keys
+
+from gwtesting import free_port
 
 KEY = "ops-0123456789abcdef"
 KEYS = parse_api_keys(f"ops:{KEY}")
@@ -165,11 +171,6 @@ async def test_a_save_is_never_followed_by_an_older_hot_answer(start_gateway):
 def test_every_warm_route_is_the_one_the_router_picks_for_its_paths():
     """The hot path finds its routes by their templates, without the router: for a path of
     each, the router must pick that same route (no other registered before it matches)."""
-    import asyncio
-
-    from gateway.app import create_app
-    from gateway.config import Config
-
     app = create_app(Config())
     warm = [r for r in ROUTES if r.warm is not None]
     assert {"/api/Lot/{id}", "/api/v1/catalogs/{id}/lots", "/api/v1/lots"} <= {
@@ -182,3 +183,23 @@ def test_every_warm_route_is_the_one_the_router_picks_for_its_paths():
         path = route.path.replace("{id}", "12345")
         found = asyncio.run(resolve(path))
         assert found.resource is not None and found.resource.canonical == route.path, path
+
+
+async def test_serve_puts_the_hot_path_in_front(tmp_path):
+    """As `catalog-gateway serve` starts it (gateway/admin.py), on a port of its own."""
+    port = free_port()
+    config = Config().replace(
+        server={"host": "127.0.0.1", "port": port}, audit={"path": str(tmp_path / "audit")},
+        sandbox={"latency_ms": 0, "jitter_ms": 0}, prefetch={"enabled": False})
+    runner, hot_path = await admin.started(create_app(config), config)
+    try:
+        async with aiohttp.ClientSession() as http:
+            seen = []
+            for _ in range(3):
+                async with http.get(f"http://127.0.0.1:{port}/api/Lot/10001") as resp:
+                    assert resp.status == 200, await resp.text()
+                    seen.append(resp.headers["X-Cache"])
+        assert seen == ["MISS", "HIT", "HIT"]
+        assert hot_path.answered == 2
+    finally:
+        await runner.cleanup()
