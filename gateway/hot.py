@@ -16,7 +16,8 @@ here first, with the very steps the full path runs, called directly:
 4. its metrics and access line (gateway/access.py `AccessLog.answered`).
 
 Anything else goes the full way, as if this were not here: another method or path, a
-request with a body or an Expect header, a caller's token to verify, a parameter the
+percent-encoded path or query (the router and this would read it apart), a request with a
+body or an Expect header, a caller's token to verify, a parameter the
 handler would refuse, a miss. A request handed on after admission carries whom it was
 charged to, so it takes one token of its caller's bucket, not two. The full path stays the
 reference: this answers only what it would answer, identically (tests/test_hot.py).
@@ -76,8 +77,8 @@ class HotPath:
     def answer(self, request: web.BaseRequest) -> web.StreamResponse | None:
         """The answer to `request` when it is a warm GET of a warm route, else None (and the
         request is the full path's, with what was done for it noted on it)."""
-        if request.method != "GET":
-            return None
+        if request.method != "GET" or "%" in request.raw_path:
+            return None  # the router sees `/api/Lot%2F1` as one segment, the path as two
         found = self._route(request.path)
         if found is None or request.body_exists or "Expect" in request.headers:
             return None
