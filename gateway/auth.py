@@ -18,6 +18,8 @@ the actor):
   or `sub`; its scope is the config value; its raw token is kept for relaying its writes.
   A token that fails any check is a 401 and nothing is sent upstream. While the identity
   server's keys have never been fetched (it is unreachable), a token cannot be judged: 503.
+  A verified token is not verified again on its next requests while a verification
+  would still pass it (`VerifiedTokens`): so a caller's warm reads take the hot path too.
 - **Nobody**: with API keys configured, a 401. Without them the request stays open, as
   anonymous (the gateway then listens on loopback only) — also with tokens on: only a
   bearer that looks like a JWT is verified; a request without one is anonymous.
@@ -30,6 +32,7 @@ a read-scoped caller gets 403 and the upstream sees nothing.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +44,7 @@ from gateway.config import ApiKey, AuthConfig
 from gateway.errors import Forbidden, Unauthorized, UpstreamUnavailable
 from gateway.sessions import find_key
 from gateway.state import CALLER, CLIENT_NAME, SIGNING_KEYS
+from gateway.upstream.signing_keys import SigningKeys
 
 ALGORITHMS = ["RS256"]  # the identity server's; never "none", never an HMAC
 LEEWAY_S = 30.0  # clock skew allowed on exp and nbf
@@ -79,6 +83,7 @@ class CallerStep:
         self._api_keys = api_keys
         self._auth = auth
         self._tokens_on = auth.upstream_tokens != "off"
+        self._verified = VerifiedTokens()
         self._required = "an API key is required: send 'Authorization: Bearer <key>' or " \
             "'X-API-Key'"
         if self._tokens_on:
@@ -89,7 +94,10 @@ class CallerStep:
         if request.path.startswith("/api/"):
             found = self._known(request)
             if isinstance(found, str):  # an access token, verified against the issuer's keys
-                found = await _token_caller(request, found, self._auth)
+                token = found
+                found = self._verified.caller(token)
+                if found is None:
+                    found = await _token_caller(request, token, self._auth, self._verified)
             _put(request, found)
 
     def at_once(self, request: web.Request) -> bool:
@@ -98,7 +106,9 @@ class CallerStep:
         full step does that). Raises the refusal, as the full step would."""
         found = self._known(request)
         if isinstance(found, str):
-            return False
+            found = self._verified.caller(found)
+            if found is None:
+                return False
         _put(request, found)
         return True
 
@@ -116,6 +126,46 @@ class CallerStep:
         if api_keys:
             raise Unauthorized(self._required)
         return ANONYMOUS
+
+
+class VerifiedTokens:
+    """Tokens this process has verified, so that a caller's next request is not verified
+    again (an RS256 signature check per request costs more than a warm answer).
+
+    A token is taken as verified again only while all of these hold, so that it is refused
+    exactly when a new verification would refuse it:
+    - the time is before its `exp` plus the leeway every verification allows (and within
+      HOLD_S of its verification);
+    - the identity server's key it was verified with is still the key in hand under its
+      `kid`: a key set fetched since (a rotation, a withdrawn key) ends every such entry.
+    Only tokens that passed every check are kept; the raw token is the key (a forged token
+    differs from every kept one in some byte and is verified as usual). At most MAX_TOKENS
+    are kept; beyond that the oldest go first."""
+
+    HOLD_S = 300.0
+    MAX_TOKENS = 10_000
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        # token -> (its Caller, kept until, the signing keys, the key's id, the key)
+        self._kept: dict[str, tuple[Caller, float, SigningKeys, str, jwt.PyJWK]] = {}
+
+    def caller(self, token: str) -> Caller | None:
+        kept = self._kept.get(token)
+        if kept is None:
+            return None
+        caller, until, keys, kid, key = kept
+        if self._clock() < until and keys.in_hand(kid) is key:
+            return caller
+        del self._kept[token]
+        return None
+
+    def keep(self, token: str, caller: Caller, exp: float, keys: SigningKeys, kid: str,
+             key: jwt.PyJWK) -> None:
+        until = min(exp + LEEWAY_S, self._clock() + self.HOLD_S)
+        while len(self._kept) >= self.MAX_TOKENS:
+            del self._kept[next(iter(self._kept))]
+        self._kept[token] = (caller, until, keys, kid, key)
 
 
 def _put(request: web.Request, caller: Caller) -> None:
@@ -164,7 +214,8 @@ def _bearer(request: web.Request) -> str | None:
     return value.strip() or None
 
 
-async def _token_caller(request: web.Request, token: str, auth: AuthConfig) -> Caller:
+async def _token_caller(request: web.Request, token: str, auth: AuthConfig,
+                        verified: VerifiedTokens) -> Caller:
     keys = request.app.get(SIGNING_KEYS)
     if keys is None:  # not started, or tokens off: nothing to verify against
         raise UpstreamUnavailable("access tokens cannot be verified yet")
@@ -189,7 +240,9 @@ async def _token_caller(request: web.Request, token: str, auth: AuthConfig) -> C
         raise Unauthorized("the token is signed with a key the identity server does not publish")
     claims = _verified_claims(token, key, keys.issuer, auth.audience)
     scope: Literal["read", "write"] = "write" if auth.upstream_tokens == "write" else "read"
-    return Caller("token", _user_name(claims), scope, token)
+    caller = Caller("token", _user_name(claims), scope, token)
+    verified.keep(token, caller, float(claims["exp"]), keys, kid, key)
+    return caller
 
 
 def _verified_claims(token: str, key: jwt.PyJWK, issuer: str, audience: str) -> dict[str, Any]:

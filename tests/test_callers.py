@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway import api
+from gateway import auth as auth_module
 from gateway.auth import Caller, caller_middleware, require_write
 from gateway.config import (
     ApiKey,
@@ -455,3 +456,52 @@ def test_auth_config_keys_defaults_and_env(tmp_path) -> None:
         path.write_text(text)
         with pytest.raises(ConfigError, match=names):
             load_config(path, env={})
+
+
+# --- verified once, not on every request ---------------------------------------------------
+
+
+async def test_a_verified_tokens_next_reads_are_not_verified_again_and_take_the_hot_path(
+    start_gateway, identity: Identity, monkeypatch,
+) -> None:
+    gw = await start_gateway(auth={"upstream_tokens": "read", "issuer": identity.issuer})
+    path, token = lot_path(gw), identity.token()
+    assert (await gw.client.get(path, headers=bearer(token))).status == 200
+    verified = []
+    real = auth_module._verified_claims
+    monkeypatch.setattr(auth_module, "_verified_claims",
+                        lambda *a: verified.append(1) or real(*a))
+    before = gw.hot.answered
+    for _ in range(3):
+        resp = await gw.client.get(path, headers=bearer(token))
+        assert resp.status == 200 and resp.headers["X-Cache"] == "HIT"
+    assert verified == [] and gw.hot.answered - before == 3
+    other = identity.token(preferred_username="bob", sub="u-2")  # a new token: verified
+    assert (await gw.client.get(path, headers=bearer(other))).status == 200
+    assert verified == [1]
+
+
+async def test_a_kept_token_is_refused_once_it_expires(start_gateway, identity: Identity):
+    gw = await start_gateway(auth={"upstream_tokens": "read", "issuer": identity.issuer})
+    path = lot_path(gw)
+    # Expired 29 s ago: valid for one more second under the 30 s leeway.
+    token = identity.token(exp=int(time.time()) - int(auth_module.LEEWAY_S) + 1)
+    for _ in range(2):
+        assert (await gw.client.get(path, headers=bearer(token))).status == 200
+    await asyncio.sleep(1.2)
+    resp = await gw.client.get(path, headers=bearer(token))
+    assert resp.status == 401 and "expired" in (await resp.json())["detail"]
+
+
+async def test_a_kept_token_is_refused_once_its_key_is_withdrawn(
+    start_gateway, identity: Identity,
+) -> None:
+    gw = await start_gateway(auth={"upstream_tokens": "read", "issuer": identity.issuer})
+    path, token = lot_path(gw), identity.token("k1")
+    for _ in range(2):
+        assert (await gw.client.get(path, headers=bearer(token))).status == 200
+    identity.published = ["k2"]  # rotated: k1 withdrawn
+    # A token under the new key makes the gateway fetch the key set again.
+    assert (await gw.client.get(path, headers=bearer(identity.token("k2")))).status == 200
+    resp = await gw.client.get(path, headers=bearer(token))
+    assert resp.status == 401, await resp.text()

@@ -86,6 +86,11 @@ class SigningKeys:
         if self._pending is not None:
             self._pending.cancel()
 
+    def in_hand(self, kid: str) -> jwt.PyJWK | None:
+        """The key with id `kid` as now held, without fetching. A refetch that succeeds
+        replaces every key object, even under the same ids."""
+        return self._keys.get(kid)
+
     async def key(self, kid: str) -> jwt.PyJWK | None:
         """The key with id `kid`: at once if known; else after at most one refetch, and
         only if none was started in the last `refetch_every_s`; else None."""
