@@ -102,8 +102,9 @@ class CallerStep:
 
     def at_once(self, request: web.Request) -> bool:
         """Identify the caller of an /api/* request without awaiting: True when done (an API
-        key, or nobody), False when the request carries an access token to verify (the
-        full step does that). Raises the refusal, as the full step would."""
+        key, nobody, or an access token verified before), False when the request carries an
+        access token to verify (the full step does that). Raises the refusal, as the full
+        step would."""
         found = self._known(request)
         if isinstance(found, str):
             found = self._verified.caller(found)

@@ -9,7 +9,8 @@ here first, with the very steps the full path runs, called directly:
 
 1. its id (X-Request-ID), as the outermost middleware makes it (gateway/access.py);
 2. admission without an await (gateway/admission.py `at_once`): the browser rules, a
-   caller known at once (an API key or nobody), a token of the caller's bucket. A refusal
+   caller known at once (an API key, nobody, or a token verified before: gateway/auth.py
+   `VerifiedTokens`), a token of the caller's bucket. A refusal
    is answered here, rendered as problem_middleware renders it (gateway/api.py `refusal`);
 3. the route's warm answer: the cache's fresh hit or a kept page, as the handler would
    build it (the same functions);
@@ -17,7 +18,7 @@ here first, with the very steps the full path runs, called directly:
 
 Anything else goes the full way, as if this were not here: another method or path, a
 percent-encoded path or query (the router and this would read it apart), a request with a
-body or an Expect header, a caller's token to verify, a parameter the
+body or an Expect header, a caller's token not yet verified, a parameter the
 handler would refuse, a miss. A request handed on after admission carries whom it was
 charged to, so it takes one token of its caller's bucket, not two. The full path stays the
 reference: this answers only what it would answer, identically (tests/test_hot.py).
