@@ -1,8 +1,8 @@
 """Admission: whether this request may be served, in one middleware of three steps.
 
 1. the browser rules (gateway/policy.py `policy_step`): Host, Origin, JSON bodies;
-2. the caller (gateway/auth.py `caller_step`): an API key, a caller's own token, nobody;
-3. the caller's allowance (gateway/limits.py `rate_step`): a token bucket per caller, and
+2. the caller (gateway/auth.py `CallerStep`): an API key, a caller's own token, nobody;
+3. the caller's allowance (gateway/limits.py `RateStep`): a token bucket per caller, and
    whom the request's upstream calls are charged to (CHARGED_TO, reset when it is over).
 
 A refusal is raised as the GatewayError it is, for problem+json rendering around this
@@ -22,10 +22,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.auth import caller_step
+from gateway.auth import CallerStep
 from gateway.config import Config
 from gateway.context import CHARGED_TO
-from gateway.limits import rate_step
+from gateway.limits import RateStep
 from gateway.metrics import Metrics
 from gateway.policy import policy_step
 from gateway.state import ADMITTED
@@ -34,8 +34,8 @@ from gateway.state import ADMITTED
 class Admission:
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self.browser_rules = policy_step(config)
-        self.identify = caller_step(config.api_keys, config.auth)
-        self.take = rate_step(config.limits, metrics)
+        self.identify = CallerStep(config.api_keys, config.auth)
+        self.take = RateStep(config.limits, metrics)
 
     def at_once(self, request: web.Request) -> bool:
         """Admit `request` (an /api/* one) without awaiting: True when admitted, its token

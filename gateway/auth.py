@@ -84,11 +84,10 @@ class CallerStep:
         self._auth = auth
         self._tokens_on = auth.upstream_tokens != "off"
         self._verified = VerifiedTokens()
-        self._required = "an API key is required: send 'Authorization: Bearer <key>' or " \
-            "'X-API-Key'"
-        if self._tokens_on:
-            self._required = ("an API key or an ABConnect access token is required: send "
-                              "'Authorization: Bearer <key or token>' or 'X-API-Key: <key>'")
+        self._required = (
+            "an API key or an ABConnect access token is required: send 'Authorization: "
+            "Bearer <key or token>' or 'X-API-Key: <key>'" if self._tokens_on else
+            "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'")
 
     async def __call__(self, request: web.Request) -> None:
         if request.path.startswith("/api/"):
@@ -175,13 +174,9 @@ def _put(request: web.Request, caller: Caller) -> None:
         request[CLIENT_NAME] = caller.name
 
 
-def caller_step(api_keys: Mapping[str, ApiKey], auth: AuthConfig) -> CallerStep:
-    return CallerStep(api_keys, auth)
-
-
 def caller_middleware(api_keys: Mapping[str, ApiKey], auth: AuthConfig) -> Callable:
-    """caller_step as a middleware of its own (the app runs it in gateway/admission.py)."""
-    identify = caller_step(api_keys, auth)
+    """CallerStep as a middleware of its own (the app runs it in gateway/admission.py)."""
+    identify = CallerStep(api_keys, auth)
 
     @web.middleware
     async def identified(request: web.Request, handler: Callable) -> web.StreamResponse:

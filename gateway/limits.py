@@ -9,7 +9,7 @@ refused with 429 and a `Retry-After` of the seconds until the next request would
 through, and counted in `gateway_rate_limited_total{caller_kind}`. Health, readiness,
 metrics, the OpenAPI document and static files are never limited.
 
-The step (`rate_step`, run by gateway/admission.py) also sets `CHARGED_TO`
+The step (`RateStep`, run by gateway/admission.py) also sets `CHARGED_TO`
 (gateway/context.py) for the rest of the request, so its upstream calls take that caller's
 share of the upstream slots (gateway/upstream/fair.py).
 
@@ -131,7 +131,3 @@ class RateStep:
             raise TooManyRequests(f"too many requests from this caller: {self._allowance}",
                                   retry_after=wait_s)
         return charged
-
-
-def rate_step(limits: LimitsConfig, metrics: Metrics) -> RateStep:
-    return RateStep(limits, metrics)
