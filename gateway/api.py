@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import contract, params, schemas
+from gateway import contract, keys, params, schemas
 from gateway.access import audit
 from gateway.auth import require_write
 from gateway.cache import Lookup, etag_of, etags_in
@@ -44,6 +44,7 @@ from gateway.state import (
     WRITES,
 )
 from gateway.upstream.client import Answer
+from gateway.wire import Cached, Fixed, Parts
 
 log = logging.getLogger(__name__)
 
@@ -66,46 +67,49 @@ INCLUDE_PAST = params.Bool("include_past", "Past events too, after the upcoming 
 # --- rendering -------------------------------------------------------------------------------
 
 
-def cached_response(
-    request: web.BaseRequest, forms: Forms, cache: str, age_s: float | None, ttl_s: float
-) -> web.Response:
+def cached_answer(
+    request: web.BaseRequest, forms: Forms, cache: str, age_s: float | None, ttl_s: float,
+    parts: Parts = (),
+) -> Cached:
     """200 with the body in the form the client takes (compressed when it asks and the body
     is large enough: gateway/representations.py), or 304 when the client already holds that
-    form's ETag. (The request is a BaseRequest: the hot path, gateway/hot.py, answers before
-    routing, so `request.app` is not there; what is needed of the app is passed.)"""
+    form's ETag. Its fixed headers are decided once per form, status and X-Cache, and kept
+    with the form (gateway/wire.py). (The request is a BaseRequest: the hot path,
+    gateway/hot.py, answers before routing, so `request.app` is not there; what is needed
+    of the app is passed.)"""
     coding = negotiate(request.headers.get("Accept-Encoding", ""), len(forms.body))
     body, etag = forms.form(coding)
-    status = cache_status(cache, age_s, ttl_s)
-    headers = {"ETag": etag, "X-Cache": cache, "Cache-Status": status,
-               "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
-    if age_s is not None and cache == "STALE":
-        headers["Age"] = str(int(age_s))
     if_none_match = request.headers.get("If-None-Match")
-    if if_none_match and etag in etags_in(if_none_match):
-        return web.Response(status=304, headers=headers)
+    fresh = bool(if_none_match) and etag in etags_in(if_none_match)
+    fixed = forms.derive((coding, fresh, cache), lambda: _fixed(body, etag, coding, fresh,
+                                                                 cache))
+    return Cached(fixed, age_s, ttl_s, parts)
+
+
+def _fixed(body: bytes, etag: str, coding: str | None, fresh: bool, cache: str) -> Fixed:
+    headers = {"ETag": etag, "X-Cache": cache, "Cache-Control": "no-cache",
+               "Vary": "Accept-Encoding"}
+    if fresh:  # the client holds these bytes: 304, no body
+        return Fixed(304, headers, b"")
     headers["Content-Type"] = JSON
     if coding is not None:
         headers["Content-Encoding"] = coding
-    return web.Response(body=body, headers=headers)
+    return Fixed(200, headers, body)
 
 
-def cache_status(cache: str, age_s: float | None, ttl_s: float) -> str:
-    """The X-Cache fact as an RFC 9211 Cache-Status, the header HTTP caches share: a hit
-    with the seconds it stays fresh (of its oldest part), a miss fetched and stored, or a
-    stale answer served while the upstream failed or was being asked again."""
-    if cache == "HIT":
-        return f"catalog-gateway; hit; ttl={max(0, int(ttl_s - (age_s or 0.0)))}"
-    if cache == "STALE":
-        return "catalog-gateway; fwd=stale"
-    return "catalog-gateway; fwd=miss; stored"
+def cached_response(
+    request: web.BaseRequest, forms: Forms, cache: str, age_s: float | None, ttl_s: float
+) -> web.Response:
+    return cached_answer(request, forms, cache, age_s, ttl_s).response()
 
 
-def lookup_response(app: web.Application, request: web.BaseRequest, lookup: Lookup
-                    ) -> web.Response:
+def lookup_answer(app: web.Application, request: web.BaseRequest, lookup: Lookup,
+                  kind: str = "") -> Cached:
+    """The answer of one lookup; with `kind` (its key's), one the hot path may keep."""
     entry = lookup.entry
     forms = entry.derive("forms", lambda body: Forms(body, entry.etag))
-    return cached_response(request, forms, lookup.result.header, lookup.age_s,
-                           app[CONFIG].cache.ttl_s)
+    return cached_answer(request, forms, lookup.result.header, lookup.age_s,
+                         app[CONFIG].cache.ttl_s, ((kind, entry),) if kind else ())
 
 
 def view_response(request: web.Request, view: View) -> web.Response:
@@ -114,11 +118,12 @@ def view_response(request: web.Request, view: View) -> web.Response:
                            request.app[CONFIG].cache.ttl_s)
 
 
-def batch_response(app: web.Application, request: web.BaseRequest, batch: LotBatch,
-                   held_s: float = 0.0) -> web.Response:
+def batch_answer(app: web.Application, request: web.BaseRequest, batch: LotBatch,
+                 held_s: float = 0.0, *, keep: bool = False) -> Cached:
     """Lots (and for an event page, its catalog and paging) as one JSON body whose ETag
     derives from its parts' ETags: it changes whenever any part does. Assembled once for
-    the same parts (app[PAGES]); a page with errors or stale parts is assembled anew."""
+    the same parts (app[PAGES]); a page with errors or stale parts is assembled anew.
+    With `keep`, one the hot path may keep when it is made of fresh hits alone."""
     if batch.errors or batch.stale_ids:
         forms = assemble(batch)
     else:  # once per batch (a kept page's copies share it), once per set of parts
@@ -127,8 +132,18 @@ def batch_response(app: web.Application, request: web.BaseRequest, batch: LotBat
             batch.paging if isinstance(batch, EventPage) else None,
             lambda: assemble(batch)))
     age_s = batch.age_s  # a kept batch handed out as it is: `held_s` older than it says
-    return cached_response(request, forms, batch.cache, None if age_s is None else age_s + held_s,
-                           app[CONFIG].cache.ttl_s)
+    parts = batch.derived("kinds", lambda: _kinds(batch)) if keep and batch.reusable else ()
+    return cached_answer(request, forms, batch.cache, None if age_s is None else age_s + held_s,
+                         app[CONFIG].cache.ttl_s, parts)
+
+
+_LOT, _CATALOG = keys.one("Lot", 0)[0], keys.one("Catalog", 0)[0]  # their keys' kinds
+
+
+def _kinds(batch: LotBatch) -> Parts:
+    """The batch's entries, each with its key's kind."""
+    lots = tuple((_LOT, lk.entry) for lk in batch.lookups)
+    return ((_CATALOG, batch.catalog.entry), *lots) if isinstance(batch, EventPage) else lots
 
 
 def assemble(batch: LotBatch) -> Forms:
@@ -308,16 +323,18 @@ def mirror_get_one(operation: contract.Operation) -> Handler:
     async def get_one(request: web.Request) -> web.Response:
         ident = ID.read(request.match_info)
         lookup = await request.app[READS].resource(operation.resource, ident)
-        return lookup_response(request.app, request, lookup)
+        return lookup_answer(request.app, request, lookup).response()
 
     return get_one
 
 
 def mirror_get_one_warm(operation: contract.Operation) -> Warm:
+    kind = keys.one(operation.resource, 0)[0]
+
     def get_one_now(app: web.Application, request: web.BaseRequest,
-                    match: Mapping[str, str]) -> web.Response | None:
+                    match: Mapping[str, str]) -> Cached | None:
         lookup = app[READS].resource_now(operation.resource, ID.read(match))
-        return None if lookup is None else lookup_response(app, request, lookup)
+        return None if lookup is None else lookup_answer(app, request, lookup, kind)
 
     return get_one_now
 
@@ -329,7 +346,7 @@ def mirror_get_list(operation: contract.Operation) -> Handler:
         repeat) and a `PageSize` above the gateway's `limits.max_page_size`."""
         query = check_query(request, operation)
         lookup = await request.app[READS].listing(operation.resource, query)
-        return lookup_response(request.app, request, lookup)
+        return lookup_answer(request.app, request, lookup).response()
 
     return get_list
 
@@ -452,25 +469,25 @@ async def v1_event_lots(request: web.Request) -> web.Response:
     page = await request.app[READS].event_page(
         catalog_id, PAGE.read(request.query), PAGE_SIZE.read(request.query)
     )
-    return batch_response(request.app, request, page)
+    return batch_answer(request.app, request, page).response()
 
 
 def v1_event_lots_warm(app: web.Application, request: web.BaseRequest,
-                       match: Mapping[str, str]) -> web.Response | None:
+                       match: Mapping[str, str]) -> Cached | None:
     query = request.query
     kept = app[READS].event_page_now(ID.read(match), PAGE.read(query), PAGE_SIZE.read(query))
-    return None if kept is None else batch_response(app, request, *kept)
+    return None if kept is None else batch_answer(app, request, *kept, keep=True)
 
 
 async def v1_lots(request: web.Request) -> web.Response:
     lots = await request.app[READS].lots(LOT_IDS.read(request.query))
-    return batch_response(request.app, request, lots)
+    return batch_answer(request.app, request, lots).response()
 
 
 def v1_lots_warm(app: web.Application, request: web.BaseRequest,
-                 match: Mapping[str, str]) -> web.Response | None:
+                 match: Mapping[str, str]) -> Cached | None:
     kept = app[READS].lots_now(LOT_IDS.read(request.query))
-    return None if kept is None else batch_response(app, request, *kept)
+    return None if kept is None else batch_answer(app, request, *kept, keep=True)
 
 
 async def v1_sellers(request: web.Request) -> web.Response:

@@ -86,11 +86,14 @@ class Param(Generic[T]):
 
 def parse_int(name: str, text: str, lo: int, hi: int) -> int:
     """`text` as an integer in [lo, hi], or InvalidParam naming `name`."""
-    if not (text.isascii() and INTEGER.fullmatch(text)) or not lo <= int(text) <= hi:
-        rule = ("a positive integer" if lo == 1 and hi == MAX_ID
-                else f"a whole number from {lo} to {hi}")
-        raise InvalidParam(name, text, rule)
-    return int(text)
+    # Plain digits (an id, a page) are told without the expression: a warm hit reads one.
+    if text.isascii() and ((len(text) <= 18 and text.isdigit()) or INTEGER.fullmatch(text)):
+        value = int(text)
+        if lo <= value <= hi:
+            return value
+    rule = ("a positive integer" if lo == 1 and hi == MAX_ID
+            else f"a whole number from {lo} to {hi}")
+    raise InvalidParam(name, text, rule)
 
 
 def parse_bool(name: str, text: str) -> bool:

@@ -25,6 +25,7 @@ import gzip
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 import brotli
 
@@ -47,6 +48,7 @@ class Forms:
     body: bytes
     etag: str
     _coded: dict[str, tuple[bytes, str]] = field(default_factory=dict, repr=False)
+    _derived: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     def form(self, coding: str | None) -> tuple[bytes, str]:
         """(bytes, ETag) of the body in `coding` (None: as is)."""
@@ -58,6 +60,15 @@ class Forms:
             coded = self._coded[coding] = (_CODERS[coding](self.body),
                                            self.etag[:-1] + _SUFFIX[coding] + '"')
             return coded
+
+    def derive(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """What `make()` makes of this version (its answer's headers, written once:
+        gateway/wire.py), made once and kept with it."""
+        try:
+            return self._derived[key]
+        except KeyError:
+            made = self._derived[key] = make()
+            return made
 
 
 def negotiate(accept_encoding: str, size: int) -> str | None:

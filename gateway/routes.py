@@ -16,11 +16,12 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gateway.params import Param
+from gateway.wire import Cached
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The route's answer made at once, when it can be (a warm GET): app, request, the path's
-# parameters -> the answer, or None for the full path (gateway/hot.py).
-Warm = Callable[[web.Application, web.BaseRequest, Mapping[str, str]], web.Response | None]
+# parameters -> the cached answer, or None for the full path (gateway/hot.py).
+Warm = Callable[[web.Application, web.BaseRequest, Mapping[str, str]], Cached | None]
 
 
 @dataclass(frozen=True)

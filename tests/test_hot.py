@@ -77,11 +77,13 @@ async def test_warm_answers_are_the_full_paths_byte_for_byte(start_gateway):
         (batch, key),
     ]
     before = hot.hot.answered
-    for path, headers in requests:
-        expected = await answer(full, path, headers)
-        assert await answer(hot, path, headers) == expected, (path, headers)
-        assert expected[1]["X-Cache"] == "HIT"
-    assert hot.hot.answered - before == len(requests)  # each answered by the hot path
+    for _ in range(2):  # made by the route, then kept: each told apart by what was asked
+        for path, headers in requests:
+            expected = await answer(full, path, headers)
+            assert await answer(hot, path, headers) == expected, (path, headers)
+            assert expected[1]["X-Cache"] == "HIT"
+    assert hot.hot.answered - before == 2 * len(requests)  # each answered by the hot path
+    assert hot.hot.kept == len(requests)  # one kept answer per distinct request
 
 
 async def test_what_it_cannot_answer_goes_the_full_way_with_the_same_outcome(start_gateway):
@@ -167,6 +169,85 @@ async def test_a_save_is_never_followed_by_an_older_hot_answer(start_gateway):
             first = body if path == lot else body["items"][0]
             assert first["overridenData"][0]["qty"] == qty, path
     assert gw.hot.answered > before  # the reads after each save's first were its own
+
+
+async def raw_exchange(port: int, request: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Send `request` as bytes, read one answer: its status line, headers (each name once)
+    and body (by its Content-Length), as sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status, *lines = head[:-4].split(b"\r\n")
+        headers: dict[str, str] = {}
+        for line in lines:
+            name, _, value = line.decode("latin-1").partition(": ")
+            assert name not in headers, f"{name} twice"
+            headers[name] = value
+        body = await reader.readexactly(int(headers.get("Content-Length", "0")))
+        return status, headers, body
+    finally:
+        writer.close()
+
+
+async def test_an_answer_written_as_bytes_says_what_aiohttp_would(start_gateway):
+    """A warm hit is written from bytes kept with its form (gateway/wire.py); HTTP/1.0 and
+    `Connection: close` get aiohttp's own response. Either way the status line, every
+    header and the body are the full path's, read off the socket."""
+    hot, full = await both(start_gateway)
+    catalog_id, lot_ids = a_page(hot)
+    lot, page = f"/api/Lot/{lot_ids[0]}", f"/api/v1/catalogs/{catalog_id}/lots?page_size=25"
+    for gw in (hot, full):
+        for path in (lot, page, page):
+            assert (await gw.client.get(path)).status == 200
+    etag = (await hot.client.get(lot)).headers["ETag"]
+    cases = [
+        ("1.1", lot, ""),
+        ("1.1", lot, f"If-None-Match: {etag}\r\n"),
+        ("1.1", page, "Accept-Encoding: gzip\r\n"),
+        ("1.1", page, "Connection: close\r\n"),
+        ("1.0", lot, ""),
+        ("1.0", page, "Connection: keep-alive\r\n"),
+    ]
+    before = hot.hot.answered
+    for version, path, extra in cases:
+        request = (f"GET {path} HTTP/{version}\r\nHost: localhost\r\n{extra}\r\n").encode()
+        got = [await raw_exchange(gw.client.port, request) for gw in (hot, full)]
+        for _, headers, _ in got:
+            assert headers.pop("X-Request-ID") and headers.pop("Date").endswith(" GMT")
+            headers["Cache-Status"] = re.sub(r"ttl=(\d+)", lambda m: f"ttl~{int(m[1]) // 60}",
+                                             headers["Cache-Status"])
+        assert got[0] == got[1], (version, path, extra)
+        assert got[0][0] == (b"HTTP/%s 304 Not Modified" % version.encode() if "None" in extra
+                             else b"HTTP/%s 200 OK" % version.encode())
+    assert hot.hot.answered - before == len(cases)
+
+
+async def test_a_kept_answer_ends_with_its_freshness(start_gateway):
+    """A kept answer is handed out only while the route would give that same answer: once
+    its entry expires the route is asked again (a miss here: refresh ahead is off)."""
+    gw = await start_gateway(cache={"ttl_s": 0.3, "refresh_ahead": 1.0},
+                             prefetch={"enabled": False})
+    _, lot_ids = a_page(gw)
+    path = f"/api/Lot/{lot_ids[0]}"
+    seen = [(await gw.client.get(path)).headers["X-Cache"] for _ in range(3)]
+    assert seen == ["MISS", "HIT", "HIT"] and gw.hot.kept == 1
+    await asyncio.sleep(0.4)
+    assert (await gw.client.get(path)).headers["X-Cache"] != "HIT"
+
+
+async def test_what_is_kept_is_bounded(start_gateway):
+    gw = await start_gateway()
+    _, lot_ids = a_page(gw)
+    path = f"/api/Lot/{lot_ids[0]}"
+    long_ask = {"Accept-Encoding": "x-unknown, " * 100 + "gzip"}  # 1.1 KB of what was asked
+    for _ in range(3):
+        assert (await gw.client.get(path)).status == 200
+    before = gw.hot.answered
+    for _ in range(3):
+        assert (await gw.client.get(path, headers=long_ask)).headers["X-Cache"] == "HIT"
+    assert gw.hot.answered - before == 3
+    assert gw.hot.kept == 1  # the long one was answered each time, never kept
 
 
 def test_every_warm_route_is_the_one_the_router_picks_for_its_paths():
