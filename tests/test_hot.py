@@ -13,12 +13,14 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from aiohttp.test_utils import make_mocked_request
 
 from gateway import admin
 from gateway.api import ROUTES
 from gateway.app import create_app
 from gateway.config import Config, parse_api_keys
+from gateway.wire import Cached, Fixed, Wire
 
 from gwtesting import free_port
 
@@ -221,6 +223,30 @@ async def test_an_answer_written_as_bytes_says_what_aiohttp_would(start_gateway)
         assert got[0][0] == (b"HTTP/%s 304 Not Modified" % version.encode() if "None" in extra
                              else b"HTTP/%s 200 OK" % version.encode())
     assert hot.hot.answered - before == len(cases)
+
+
+async def test_an_answer_in_bytes_writes_once_and_tells_a_logger_what_it_wrote():
+    """A Wire writes its whole answer in one call of the request's payload writer; and
+    aiohttp's own access logger (should a server run with it) reads the answer's size and
+    headers: those of the bytes written."""
+    written: list[bytes] = []
+
+    class Writer:
+        async def write_eof(self, data: bytes = b"") -> None:
+            written.append(data)
+
+    body = b'{"id":1}'
+    fixed = Fixed(200, {"ETag": '"t"', "X-Cache": "HIT", "Content-Type": "application/json"},
+                  body)
+    request = make_mocked_request("GET", "/api/Lot/1", version=HttpVersion11, writer=Writer())
+    wire = Cached(fixed, 3.0, 600.0).wire(request, "rid-1")
+    assert isinstance(wire, Wire) and wire.status == 200
+    await wire.prepare(request)
+    await wire.write_eof()
+    assert len(written) == 1 and written[0].startswith(fixed.head)
+    assert written[0].endswith(b"\r\n\r\n" + body) and wire.body_length == len(written[0])
+    assert wire.headers["Content-Length"] == "8" and wire.headers["X-Request-ID"] == "rid-1"
+    assert wire.headers["Cache-Status"] == "catalog-gateway; hit; ttl=597"
 
 
 async def test_a_kept_answer_ends_with_its_freshness(start_gateway):
