@@ -97,12 +97,6 @@ def _fixed(body: bytes, etag: str, coding: str | None, fresh: bool, cache: str) 
     return Fixed(200, headers, body)
 
 
-def cached_response(
-    request: web.BaseRequest, forms: Forms, cache: str, age_s: float | None, ttl_s: float
-) -> web.Response:
-    return cached_answer(request, forms, cache, age_s, ttl_s).response()
-
-
 def lookup_answer(app: web.Application, request: web.BaseRequest, lookup: Lookup,
                   kind: str = "") -> Cached:
     """The answer of one lookup; with `kind` (its key's), one the hot path may keep."""
@@ -114,8 +108,8 @@ def lookup_answer(app: web.Application, request: web.BaseRequest, lookup: Lookup
 
 def view_response(request: web.Request, view: View) -> web.Response:
     body = json.dumps(view.payload, separators=(",", ":")).encode()
-    return cached_response(request, Forms(body, etag_of(body)), view.cache, view.age_s,
-                           request.app[CONFIG].cache.ttl_s)
+    return cached_answer(request, Forms(body, etag_of(body)), view.cache, view.age_s,
+                         request.app[CONFIG].cache.ttl_s).response()
 
 
 def batch_answer(app: web.Application, request: web.BaseRequest, batch: LotBatch,
@@ -132,18 +126,8 @@ def batch_answer(app: web.Application, request: web.BaseRequest, batch: LotBatch
             batch.paging if isinstance(batch, EventPage) else None,
             lambda: assemble(batch)))
     age_s = batch.age_s  # a kept batch handed out as it is: `held_s` older than it says
-    parts = batch.derived("kinds", lambda: _kinds(batch)) if keep and batch.reusable else ()
     return cached_answer(request, forms, batch.cache, None if age_s is None else age_s + held_s,
-                         app[CONFIG].cache.ttl_s, parts)
-
-
-_LOT, _CATALOG = keys.one("Lot", 0)[0], keys.one("Catalog", 0)[0]  # their keys' kinds
-
-
-def _kinds(batch: LotBatch) -> Parts:
-    """The batch's entries, each with its key's kind."""
-    lots = tuple((_LOT, lk.entry) for lk in batch.lookups)
-    return ((_CATALOG, batch.catalog.entry), *lots) if isinstance(batch, EventPage) else lots
+                         app[CONFIG].cache.ttl_s, batch.entries if keep and batch.reusable else ())
 
 
 def assemble(batch: LotBatch) -> Forms:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
 from gateway import keys
-from gateway.cache import Cache, Lookup, Result
+from gateway.cache import Cache, Entry, Lookup, Result
 from gateway.cache.views import Views
 from gateway.errors import GatewayError, NotFound, UpstreamFailed
 from gateway.upstream.client import Answer, Params, UpstreamClient
@@ -134,6 +134,12 @@ class LotBatch:
         return self.lookups
 
     @property
+    def entries(self) -> tuple[tuple[str, Entry], ...]:
+        """The parts' entries, each with its key's kind: what a kept view of this batch
+        stands for (cache/views.py)."""
+        return self.derived("entries", lambda: tuple((_LOT, lk.entry) for lk in self.lookups))
+
+    @property
     def cache(self) -> str:
         return self.derived("cache", lambda: cache_header(self.parts))
 
@@ -165,6 +171,11 @@ class EventPage(LotBatch):
     @property
     def parts(self) -> list[Lookup]:
         return self.derived("parts", lambda: [self.catalog, *self.lookups])
+
+    @property
+    def entries(self) -> tuple[tuple[str, Entry], ...]:
+        return self.derived("entries", lambda: (
+            (_CATALOG, self.catalog.entry), *((_LOT, lk.entry) for lk in self.lookups)))
 
 
 @dataclass(frozen=True)
@@ -331,10 +342,7 @@ class Reads:
         """Keep a batch made of hits alone, with no entry changed while it was made."""
         if stamp is None or stamp != self._cache.stamp() or not batch.reusable:
             return
-        parts = [(_LOT, lk.entry) for lk in batch.lookups]
-        if isinstance(batch, EventPage):
-            parts.append((_CATALOG, batch.catalog.entry))
-        self._views.keep(name, batch, parts)
+        self._views.keep(name, batch, batch.entries)
 
     async def sellers(self, q: str, page: int, page_size: int) -> View:
         """Sellers whose name contains `q` (any case) or whose display id starts with it.

@@ -102,8 +102,8 @@ class Cached(NamedTuple):
         age = self.age()
         if age is not None:
             headers["Age"] = age
-        body = self.fixed.body if self.fixed.status != 304 else None
-        return web.Response(status=self.fixed.status, body=body, headers=headers)
+        return web.Response(status=self.fixed.status, body=self.fixed.body or None,
+                            headers=headers)
 
     def wire(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse | Wire:
         """The answer to `request`, written as bytes when it is HTTP/1.1 keep-alive, else
@@ -116,9 +116,8 @@ class Cached(NamedTuple):
         age_line = f"Age: {age}\r\n" if age is not None else ""
         tail = (f"Cache-Status: {self.cache_status()}\r\n{age_line}Date: {http_date()}\r\n"
                 f"X-Request-ID: {request_id}\r\n\r\n").encode("latin-1")
-        fixed = self.fixed
-        body = fixed.body if fixed.status != 304 else b""
-        return Wire(fixed.head + tail + body, fixed.status)
+        fixed = self.fixed  # a 304's body is empty
+        return Wire(fixed.head + tail + fixed.body, fixed.status)
 
     def cache_status(self) -> str:
         """X-Cache as an RFC 9211 Cache-Status, the header HTTP caches share: a hit with the

@@ -86,7 +86,7 @@ async def test_a_drop_in_put_that_moves_a_lot_updates_both_catalogs_and_event_pa
 
 async def test_the_event_page_etag_follows_a_save_of_one_of_its_lots(start_gateway):
     """Mutation seen to fail it: build the page ETag from the catalog's ETag alone
-    (api.batch_response: `combined_etag([batch.parts[0].entry.etag], extra)`)."""
+    (api.assemble: `combined_etag([batch.parts[0].entry.etag], extra)`)."""
     gw = await start_gateway()
     catalog_id, lot_id = event_with_lot(gw, 10)
     path = f"/api/v1/catalogs/{catalog_id}/lots?page_size=25"
